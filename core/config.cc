@@ -1,0 +1,462 @@
+#include "core/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace tf_hps {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+enum class Need { kOptional, kRequired };
+
+[[noreturn]] void Fail(const std::string& path, const std::string& what) {
+  ThrowInvalidArgument("config " + path + ": " + what);
+}
+
+std::string Got(const Json& v) { return std::string(", got ") + v.type_name(); }
+
+// --- typed reads: one overload per field type -------------------------------
+
+void Read(const Json& v, const std::string& path, bool* out) {
+  if (!v.is_boolean()) Fail(path, "expected a boolean" + Got(v));
+  *out = v.get<bool>();
+}
+
+void Read(const Json& v, const std::string& path, int64_t* out) {
+  if (v.is_number_integer()) {
+    if (v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX)
+      Fail(path, "integer out of range");
+    *out = v.get<int64_t>();
+  } else if (v.is_number_float() && std::nearbyint(v.get<double>()) == v.get<double>() &&
+             std::fabs(v.get<double>()) < 9.2e18) {
+    *out = static_cast<int64_t>(v.get<double>());
+  } else {
+    Fail(path, "expected an integer" + (v.is_number() ? std::string(", got a fraction") : Got(v)));
+  }
+}
+
+void Read(const Json& v, const std::string& path, uint64_t* out) {
+  if (v.is_number_unsigned()) {
+    *out = v.get<uint64_t>();
+  } else if (v.is_number_integer()) {
+    Fail(path, "expected a non-negative integer");
+  } else if (v.is_number_float() && v.get<double>() >= 0 &&
+             std::nearbyint(v.get<double>()) == v.get<double>()) {
+    double d = v.get<double>();
+    *out = d >= 1.8446744073709552e19 ? UINT64_MAX : static_cast<uint64_t>(d);
+  } else {
+    Fail(path, "expected a non-negative integer" + Got(v));
+  }
+}
+
+void Read(const Json& v, const std::string& path, double* out) {
+  if (!v.is_number()) Fail(path, "expected a number" + Got(v));
+  *out = v.get<double>();
+}
+
+void Read(const Json& v, const std::string& path, std::string* out) {
+  if (!v.is_string()) Fail(path, "expected a string" + Got(v));
+  *out = v.get<std::string>();
+}
+
+template <class T>
+void Read(const Json& v, const std::string& path, std::vector<T>* out) {
+  if (!v.is_array()) Fail(path, "expected an array" + Got(v));
+  out->assign(v.size(), T());
+  for (size_t i = 0; i < v.size(); ++i)
+    Read(v[i], path + "[" + std::to_string(i) + "]", &(*out)[i]);
+}
+
+// Reads the fields of one JSON object; remembers which keys it knew so the
+// rest can be reported once each.
+class JsonReader {
+ public:
+  JsonReader(const Json& obj, std::string path, std::vector<std::string>* warnings)
+      : obj_(obj), path_(std::move(path)), warnings_(warnings) {
+    if (!obj_.is_object()) Fail(path_.empty() ? "(top level)" : path_, "expected an object" + Got(obj_));
+  }
+  ~JsonReader() = default;
+
+  template <class T>
+  void operator()(const char* key, T& field, Need need = Need::kOptional) {
+    known_.insert(key);
+    auto it = obj_.find(key);
+    if (it == obj_.end()) {
+      if (need == Need::kRequired) Fail(Child(key), "required key is missing");
+      return;
+    }
+    Read(*it, Child(key), &field);
+  }
+
+  const Json* Find(const char* key) {
+    known_.insert(key);
+    auto it = obj_.find(key);
+    return it == obj_.end() ? nullptr : &*it;
+  }
+
+  std::string Child(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+
+  void WarnUnknownKeys() const {
+    for (auto it = obj_.begin(); it != obj_.end(); ++it) {
+      if (!known_.count(it.key()))
+        warnings_->push_back("config " + Child(it.key()) + ": unknown key, ignored");
+    }
+  }
+
+ private:
+  const Json& obj_;
+  std::string path_;
+  std::vector<std::string>* warnings_;
+  std::set<std::string> known_;
+};
+
+class JsonWriter {
+ public:
+  explicit JsonWriter(Json* out) : out_(out) {}
+  template <class T>
+  void operator()(const char* key, const T& field, Need = Need::kOptional) {
+    (*out_)[key] = field;
+  }
+
+ private:
+  Json* out_;
+};
+
+// --- the schema: each field once --------------------------------------------
+
+template <class V>
+void VisitVolatileDb(V& v, VolatileDbConfig& c) {
+  v("type", c.type);
+  v("address", c.address);
+  v("user_name", c.user_name);
+  v("password", c.password);
+  v("num_partitions", c.num_partitions);
+  v("allocation_rate", c.allocation_rate);
+  v("shared_memory_size", c.shared_memory_size);
+  v("shared_memory_name", c.shared_memory_name);
+  v("shared_memory_auto_remove", c.shared_memory_auto_remove);
+  v("num_node_connections", c.num_node_connections);
+  v("max_batch_size", c.max_batch_size);
+  v("enable_tls", c.enable_tls);
+  v("tls_ca_certificate", c.tls_ca_certificate);
+  v("tls_client_certificate", c.tls_client_certificate);
+  v("tls_client_key", c.tls_client_key);
+  v("tls_server_name_identification", c.tls_server_name_identification);
+  v("overflow_margin", c.overflow_margin);
+  v("overflow_policy", c.overflow_policy);
+  v("overflow_resolution_target", c.overflow_resolution_target);
+  v("initial_cache_rate", c.initial_cache_rate);
+  v("cache_missed_embeddings", c.cache_missed_embeddings);
+  v("update_filters", c.update_filters);
+  v("initialize_after_startup", c.initialize_after_startup);
+}
+
+template <class V>
+void VisitPersistentDb(V& v, PersistentDbConfig& c) {
+  v("type", c.type);
+  v("path", c.path);
+  v("num_threads", c.num_threads);
+  v("read_only", c.read_only);
+  v("max_batch_size", c.max_batch_size);
+  v("update_filters", c.update_filters);
+}
+
+template <class V>
+void VisitUpdateSource(V& v, UpdateSourceConfig& c) {
+  v("type", c.type);
+  v("brokers", c.brokers);
+  v("metadata_refresh_interval_ms", c.metadata_refresh_interval_ms);
+  v("receive_buffer_size", c.receive_buffer_size);
+  v("poll_timeout_ms", c.poll_timeout_ms);
+  v("max_batch_size", c.max_batch_size);
+  v("failure_backoff_ms", c.failure_backoff_ms);
+  v("max_commit_interval", c.max_commit_interval);
+}
+
+template <class V>
+void VisitModel(V& v, ModelConfig& m) {
+  v("model", m.model, Need::kRequired);
+  v("sparse_files", m.sparse_files, Need::kRequired);
+  v("dense_file", m.dense_file);
+  v("network_file", m.network_file);
+  v("embedding_table_names", m.embedding_table_names);
+  v("embedding_vecsize_per_table", m.embedding_vecsize_per_table, Need::kRequired);
+  v("maxnum_catfeature_query_per_table_per_sample",
+    m.maxnum_catfeature_query_per_table_per_sample, Need::kRequired);
+  v("default_value_for_each_table", m.default_value_for_each_table, Need::kRequired);
+  v("deployed_device_list", m.deployed_device_list, Need::kRequired);
+  v("max_batch_size", m.max_batch_size);
+  v("hit_rate_threshold", m.hit_rate_threshold);
+  v("gpucache", m.gpucache);
+  v("gpucacheper", m.gpucacheper);
+  v("num_of_worker_buffer_in_pool", m.num_of_worker_buffer_in_pool);
+  v("num_of_refresher_buffer_in_pool", m.num_of_refresher_buffer_in_pool);
+  v("cache_refresh_percentage_per_iteration", m.cache_refresh_percentage_per_iteration);
+  v("thread_pool_size", m.thread_pool_size);
+  v("embedding_cache_type", m.embedding_cache_type);
+  v("use_static_table", m.use_static_table);
+  v("use_hctr_cache_implementation", m.use_hctr_cache_implementation);
+  v("init_ec", m.init_ec);
+  v("enable_pagelock", m.enable_pagelock);
+  v("fp8_quant", m.fp8_quant);
+  v("use_context_stream", m.use_context_stream);
+  v("fuse_embedding_table", m.fuse_embedding_table);
+  v("maxnum_des_feature_per_sample", m.maxnum_des_feature_per_sample);
+  v("refresh_delay", m.refresh_delay);
+  v("refresh_interval", m.refresh_interval);
+  v("label_dim", m.label_dim);
+  v("slot_num", m.slot_num);
+}
+
+// --- validation ---------------------------------------------------------------
+
+std::string Lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  return s;
+}
+
+// Maps an accepted spelling to its canonical name.
+void Canonicalize(std::string* value, const std::string& path,
+                  const std::map<std::string, std::string>& aliases) {
+  auto it = aliases.find(Lower(*value));
+  if (it == aliases.end()) {
+    std::set<std::string> names;
+    for (const auto& [alias, name] : aliases) names.insert(name);
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + ("'" + n + "'");
+    Fail(path, "unknown value '" + *value + "'; expected one of " + list);
+  }
+  *value = it->second;
+}
+
+// HPS names models and tables in database keys and file names.
+const std::regex& NamePattern() {
+  static const std::regex pattern("[a-zA-Z0-9_-]{1,120}");
+  return pattern;
+}
+
+void CheckName(const std::string& name, const std::string& path) {
+  if (!std::regex_match(name, NamePattern()))
+    Fail(path, "name '" + name + "' must match [a-zA-Z0-9_-]{1,120}");
+}
+
+void CheckRange(double value, double lo, double hi, const std::string& path) {
+  if (!(value >= lo && value <= hi))
+    Fail(path, "value " + std::to_string(value) + " is outside [" + std::to_string(lo) + ", " +
+                   std::to_string(hi) + "]");
+}
+
+void CheckPositive(int64_t value, const std::string& path) {
+  if (value < 1) Fail(path, "must be at least 1, got " + std::to_string(value));
+}
+
+std::string ResolvePath(const std::string& path, const std::string& base_dir) {
+  if (path.empty() || base_dir.empty()) return path;
+  std::filesystem::path p(path);
+  if (p.is_absolute()) return p.lexically_normal().string();
+  return (std::filesystem::path(base_dir) / p).lexically_normal().string();
+}
+
+void ValidateModel(ModelConfig& m, const std::string& at, const std::string& base_dir) {
+  CheckName(m.model, at + ".model");
+  const size_t n = m.sparse_files.size();
+  if (n == 0) Fail(at + ".sparse_files", "must name at least one table folder");
+  auto same_length = [&](size_t size, const char* key) {
+    if (size != n)
+      Fail(at + "." + key, "has " + std::to_string(size) + " entries but sparse_files has " +
+                               std::to_string(n));
+  };
+  same_length(m.embedding_vecsize_per_table.size(), "embedding_vecsize_per_table");
+  same_length(m.maxnum_catfeature_query_per_table_per_sample.size(),
+              "maxnum_catfeature_query_per_table_per_sample");
+  if (m.embedding_table_names.empty()) {
+    for (size_t i = 0; i < n; ++i) m.embedding_table_names.push_back("sparse_embedding" + std::to_string(i));
+  }
+  same_length(m.embedding_table_names.size(), "embedding_table_names");
+  std::set<std::string> table_names;
+  for (size_t i = 0; i < n; ++i) {
+    const std::string idx = "[" + std::to_string(i) + "]";
+    CheckName(m.embedding_table_names[i], at + ".embedding_table_names" + idx);
+    if (!table_names.insert(m.embedding_table_names[i]).second)
+      Fail(at + ".embedding_table_names" + idx, "duplicate table name '" + m.embedding_table_names[i] + "'");
+    CheckPositive(m.embedding_vecsize_per_table[i], at + ".embedding_vecsize_per_table" + idx);
+    CheckPositive(m.maxnum_catfeature_query_per_table_per_sample[i],
+                  at + ".maxnum_catfeature_query_per_table_per_sample" + idx);
+    if (m.sparse_files[i].empty()) Fail(at + ".sparse_files" + idx, "empty path");
+    m.sparse_files[i] = ResolvePath(m.sparse_files[i], base_dir);
+  }
+  if (m.default_value_for_each_table.size() > n)
+    Fail(at + ".default_value_for_each_table",
+         "has " + std::to_string(m.default_value_for_each_table.size()) +
+             " entries but sparse_files has " + std::to_string(n));
+  m.default_value_for_each_table.resize(n, 0.0);
+  if (m.deployed_device_list.empty()) Fail(at + ".deployed_device_list", "must not be empty");
+  for (size_t i = 0; i < m.deployed_device_list.size(); ++i) {
+    if (m.deployed_device_list[i] < 0)
+      Fail(at + ".deployed_device_list[" + std::to_string(i) + "]", "device ids are non-negative");
+  }
+  CheckPositive(m.max_batch_size, at + ".max_batch_size");
+  CheckPositive(m.num_of_worker_buffer_in_pool, at + ".num_of_worker_buffer_in_pool");
+  CheckPositive(m.num_of_refresher_buffer_in_pool, at + ".num_of_refresher_buffer_in_pool");
+  CheckPositive(m.thread_pool_size, at + ".thread_pool_size");
+  CheckRange(m.gpucacheper, 0.0, 1.0, at + ".gpucacheper");
+  CheckRange(m.hit_rate_threshold, 0.0, 1e9, at + ".hit_rate_threshold");
+  CheckRange(m.cache_refresh_percentage_per_iteration, 0.0, 1.0,
+             at + ".cache_refresh_percentage_per_iteration");
+  Canonicalize(&m.embedding_cache_type, at + ".embedding_cache_type",
+               {{"dynamic", "dynamic"}, {"static", "static"}, {"uvm", "uvm"}, {"stochastic", "stochastic"}});
+  if (m.use_static_table) m.embedding_cache_type = "static";
+}
+
+void ValidateVolatileDb(VolatileDbConfig& c) {
+  Canonicalize(&c.type, "volatile_db.type",
+               {{"hash_map", "hash_map"}, {"hashmap", "hash_map"}, {"hash", "hash_map"}, {"map", "hash_map"},
+                {"parallel_hash_map", "parallel_hash_map"}, {"parallel_hashmap", "parallel_hash_map"},
+                {"parallel_hash", "parallel_hash_map"}, {"parallel_map", "parallel_hash_map"},
+                {"multi_process_hash_map", "multi_process_hash_map"},
+                {"multi_process_hashmap", "multi_process_hash_map"},
+                {"multi_process_hash", "multi_process_hash_map"},
+                {"multi_process_map", "multi_process_hash_map"},
+                {"redis_cluster", "redis_cluster"}, {"redis", "redis_cluster"},
+                {"disabled", "disabled"}, {"disable", "disabled"}, {"none", "disabled"}});
+  Canonicalize(&c.overflow_policy, "volatile_db.overflow_policy",
+               {{"evict_random", "evict_random"}, {"random", "evict_random"},
+                {"evict_least_used", "evict_least_used"}, {"least_used", "evict_least_used"},
+                {"evict_oldest", "evict_oldest"}, {"oldest", "evict_oldest"}});
+  CheckPositive(c.num_partitions, "volatile_db.num_partitions");
+  CheckPositive(c.max_batch_size, "volatile_db.max_batch_size");
+  CheckPositive(c.num_node_connections, "volatile_db.num_node_connections");
+  CheckPositive(c.allocation_rate, "volatile_db.allocation_rate");
+  CheckRange(c.overflow_resolution_target, 0.0, 1.0, "volatile_db.overflow_resolution_target");
+  CheckRange(c.initial_cache_rate, 0.0, 1.0, "volatile_db.initial_cache_rate");
+  if (c.overflow_margin == 0) Fail("volatile_db.overflow_margin", "must be at least 1");
+}
+
+void ValidatePersistentDb(PersistentDbConfig& c, const std::string& base_dir) {
+  Canonicalize(&c.type, "persistent_db.type",
+               {{"rocks_db", "rocks_db"}, {"rocksdb", "rocks_db"}, {"rocks", "rocks_db"},
+                {"disabled", "disabled"}, {"disable", "disabled"}, {"none", "disabled"}});
+  CheckPositive(c.num_threads, "persistent_db.num_threads");
+  CheckPositive(c.max_batch_size, "persistent_db.max_batch_size");
+  c.path = ResolvePath(c.path, base_dir);
+}
+
+void ValidateUpdateSource(UpdateSourceConfig& c) {
+  Canonicalize(&c.type, "update_source.type",
+               {{"null", "null"}, {"none", "null"}, {"disabled", "null"},
+                {"kafka_message_queue", "kafka_message_queue"}, {"kafka", "kafka_message_queue"},
+                {"kafka_mq", "kafka_message_queue"}});
+}
+
+}  // namespace
+
+int ParameterServerConfig::FindModel(const std::string& name) const {
+  for (size_t i = 0; i < models.size(); ++i) {
+    if (models[i].model == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+ParameterServerConfig ParseConfig(const std::string& json_text, const std::string& base_dir,
+                                  std::vector<std::string>* warnings) {
+  Json root;
+  try {
+    root = Json::parse(json_text);
+  } catch (const Json::parse_error& e) {
+    ThrowInvalidArgument(std::string("config is not valid JSON: ") + e.what());
+  }
+  ParameterServerConfig config;
+  JsonReader top(root, "", warnings);
+  top("supportlonglong", config.supportlonglong, Need::kRequired);
+  top("fuse_embedding_table", config.fuse_embedding_table);
+
+  const Json* models = top.Find("models");
+  if (models == nullptr) Fail("models", "required key is missing");
+  if (!models->is_array()) Fail("models", "expected an array" + Got(*models));
+  if (models->empty()) Fail("models", "must hold at least one model");
+  std::set<std::string> model_names;
+  for (size_t i = 0; i < models->size(); ++i) {
+    const std::string at = "models[" + std::to_string(i) + "]";
+    ModelConfig model;
+    JsonReader reader((*models)[i], at, warnings);
+    VisitModel(reader, model);
+    reader.WarnUnknownKeys();
+    ValidateModel(model, at, base_dir);
+    if (!model_names.insert(model.model).second)
+      Fail(at + ".model", "duplicate model name '" + model.model + "'");
+    config.models.push_back(std::move(model));
+  }
+  if (const Json* v = top.Find("volatile_db")) {
+    JsonReader reader(*v, "volatile_db", warnings);
+    VisitVolatileDb(reader, config.volatile_db);
+    reader.WarnUnknownKeys();
+  }
+  ValidateVolatileDb(config.volatile_db);
+  if (const Json* p = top.Find("persistent_db")) {
+    JsonReader reader(*p, "persistent_db", warnings);
+    VisitPersistentDb(reader, config.persistent_db);
+    reader.WarnUnknownKeys();
+  }
+  ValidatePersistentDb(config.persistent_db, base_dir);
+  if (const Json* u = top.Find("update_source")) {
+    JsonReader reader(*u, "update_source", warnings);
+    VisitUpdateSource(reader, config.update_source);
+    reader.WarnUnknownKeys();
+  }
+  ValidateUpdateSource(config.update_source);
+  top.WarnUnknownKeys();
+  return config;
+}
+
+ParameterServerConfig LoadConfigFile(const std::string& path, std::vector<std::string>* warnings) {
+  std::error_code ec;
+  if (path.empty()) ThrowNotFound("config file path is empty");
+  if (std::filesystem::is_directory(path, ec))
+    ThrowInvalidArgument("config file '" + path + "' is a directory, not a JSON file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) ThrowNotFound("config file '" + path + "' cannot be opened (does it exist?)");
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string base_dir = std::filesystem::absolute(path, ec).parent_path().string();
+  try {
+    return ParseConfig(text.str(), base_dir, warnings);
+  } catch (const HpsError& e) {
+    throw HpsError(e.code(), std::string(e.what()) + " (in '" + path + "')");
+  }
+}
+
+std::string ToCanonicalJson(const ParameterServerConfig& in) {
+  ParameterServerConfig config = in;  // the visitors take mutable references
+  Json root;
+  root["supportlonglong"] = config.supportlonglong;
+  root["fuse_embedding_table"] = config.fuse_embedding_table;
+  Json models = Json::array();
+  for (ModelConfig& m : config.models) {
+    Json model;
+    JsonWriter writer(&model);
+    VisitModel(writer, m);
+    models.push_back(std::move(model));
+  }
+  root["models"] = std::move(models);
+  Json vdb, pdb, updates;
+  JsonWriter vdb_writer(&vdb), pdb_writer(&pdb), update_writer(&updates);
+  VisitVolatileDb(vdb_writer, config.volatile_db);
+  VisitPersistentDb(pdb_writer, config.persistent_db);
+  VisitUpdateSource(update_writer, config.update_source);
+  root["volatile_db"] = std::move(vdb);
+  root["persistent_db"] = std::move(pdb);
+  root["update_source"] = std::move(updates);
+  return root.dump();
+}
+
+}  // namespace tf_hps

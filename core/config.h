@@ -1,0 +1,140 @@
+// The parameter-server configuration: HugeCTR HPS's JSON schema, parsed once.
+//
+// Every field is declared once, in the Visit*() functions of config.cc, with
+// its JSON name and whether it is required; the struct members below carry
+// the defaults. The same field list drives parsing (with type checks that
+// name the JSON path, e.g. `models[0].embedding_vecsize_per_table`) and
+// writing the canonical JSON that a SavedModel embeds, so the two can never
+// disagree.
+#ifndef TF_HPS_CORE_CONFIG_H_
+#define TF_HPS_CORE_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tf_hps {
+
+// Volatile database (L2): in-process hash map or Redis.
+struct VolatileDbConfig {
+  // Canonical names: "hash_map", "parallel_hash_map",
+  // "multi_process_hash_map", "redis_cluster", "disabled".
+  std::string type = "hash_map";
+  std::string address = "127.0.0.1:7000";
+  std::string user_name = "default";
+  std::string password;
+  int64_t num_partitions = 16;
+  int64_t allocation_rate = 268435456;
+  int64_t shared_memory_size = 17179869184LL;
+  std::string shared_memory_name = "hctr_mp_hash_map_database";
+  bool shared_memory_auto_remove = true;
+  int64_t num_node_connections = 5;
+  int64_t max_batch_size = 65536;
+  bool enable_tls = false;
+  std::string tls_ca_certificate = "cacertbundle.crt";
+  std::string tls_client_certificate = "client_cert.pem";
+  std::string tls_client_key = "client_key.pem";
+  std::string tls_server_name_identification = "redis.localhost";
+  // Per-partition row limit; the default means "no limit".
+  uint64_t overflow_margin = UINT64_MAX;
+  // Canonical names: "evict_random", "evict_least_used", "evict_oldest".
+  std::string overflow_policy = "evict_random";
+  double overflow_resolution_target = 0.8;
+  double initial_cache_rate = 1.0;
+  bool cache_missed_embeddings = false;
+  std::vector<std::string> update_filters = {"^hps_.+$"};
+  bool initialize_after_startup = true;
+};
+
+// Persistent database (L3): RocksDB.
+struct PersistentDbConfig {
+  std::string type = "disabled";  // "rocks_db" or "disabled"
+  std::string path = "/tmp/rocksdb";
+  int64_t num_threads = 16;
+  bool read_only = false;
+  int64_t max_batch_size = 65536;
+  std::vector<std::string> update_filters = {"^hps_.+$"};
+};
+
+struct UpdateSourceConfig {
+  std::string type = "null";
+  std::string brokers = "127.0.0.1:9092";
+  int64_t metadata_refresh_interval_ms = 30000;
+  int64_t receive_buffer_size = 262144;
+  int64_t poll_timeout_ms = 500;
+  int64_t max_batch_size = 8192;
+  int64_t failure_backoff_ms = 50;
+  int64_t max_commit_interval = 32;
+};
+
+struct ModelConfig {
+  std::string model;
+  std::vector<std::string> sparse_files;  // one folder per table
+  std::string dense_file;
+  std::string network_file;
+  std::vector<std::string> embedding_table_names;  // default sparse_embedding<i>
+  std::vector<int64_t> embedding_vecsize_per_table;
+  std::vector<int64_t> maxnum_catfeature_query_per_table_per_sample;
+  std::vector<double> default_value_for_each_table;  // padded with 0.0
+  std::vector<int64_t> deployed_device_list;
+  int64_t max_batch_size = 64;
+  double hit_rate_threshold = 0.9;
+  bool gpucache = true;
+  double gpucacheper = 0.2;
+  int64_t num_of_worker_buffer_in_pool = 1;
+  int64_t num_of_refresher_buffer_in_pool = 1;
+  double cache_refresh_percentage_per_iteration = 0.0;
+  int64_t thread_pool_size = 16;
+  std::string embedding_cache_type = "dynamic";  // dynamic|static|uvm|stochastic
+  bool use_static_table = false;
+  bool use_hctr_cache_implementation = true;
+  bool init_ec = true;
+  bool enable_pagelock = false;
+  bool fp8_quant = false;
+  bool use_context_stream = true;
+  bool fuse_embedding_table = true;
+  int64_t maxnum_des_feature_per_sample = 26;
+  double refresh_delay = 0.0;
+  double refresh_interval = 0.0;
+  int64_t label_dim = 1;
+  int64_t slot_num = 10;
+
+  int64_t num_tables() const {
+    return static_cast<int64_t>(embedding_vecsize_per_table.size());
+  }
+};
+
+struct ParameterServerConfig {
+  bool supportlonglong = true;
+  bool fuse_embedding_table = false;
+  std::vector<ModelConfig> models;
+  VolatileDbConfig volatile_db;  // absent: an in-process hash map
+  PersistentDbConfig persistent_db;  // absent: disabled
+  UpdateSourceConfig update_source;
+
+  // Index into `models`, or -1.
+  int FindModel(const std::string& name) const;
+};
+
+// Parses HPS JSON text. Relative paths (sparse_files, persistent_db.path)
+// resolve against `base_dir` (the config file's folder); an empty base_dir
+// leaves them as they are. Unknown keys are not errors: each one appends a
+// message to `warnings`. Throws HpsError(kInvalidArgument) naming the JSON
+// path on a missing required key, a wrong type or an invalid value.
+ParameterServerConfig ParseConfig(const std::string& json_text,
+                                  const std::string& base_dir,
+                                  std::vector<std::string>* warnings);
+
+// Reads and parses a config file (relative paths resolve against its folder).
+// Throws HpsError(kNotFound) if the file cannot be read.
+ParameterServerConfig LoadConfigFile(const std::string& path,
+                                     std::vector<std::string>* warnings);
+
+// The canonical JSON of a parsed config: every known key written out, with
+// defaults filled in and paths absolute. ParseConfig(ToCanonicalJson(c))
+// gives back c with no warnings. Secrets are written as they are.
+std::string ToCanonicalJson(const ParameterServerConfig& config);
+
+}  // namespace tf_hps
+
+#endif  // TF_HPS_CORE_CONFIG_H_

@@ -1,0 +1,270 @@
+#include "core/parameter_server.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/key_hash.h"
+#include "core/log.h"
+#include "core/table_file.h"
+#include "storage/hash_map_backend.h"
+
+namespace tf_hps {
+namespace {
+
+constexpr int64_t kLoadChunkRows = 1 << 16;
+
+// The unique keys of a batch, and for each input position the index of its
+// key among them. Open addressing over a power-of-two table, load <= 0.5.
+struct UniqueKeys {
+  std::vector<int64_t> keys;   // (u)
+  std::vector<int64_t> index;  // (n), values in [0, u)
+};
+
+void Dedup(const int64_t* keys, int64_t n, UniqueKeys* out) {
+  size_t capacity = 16;
+  while (capacity < static_cast<size_t>(2 * n)) capacity <<= 1;
+  const size_t mask = capacity - 1;
+  std::vector<int64_t> slot(capacity, -1);
+  out->keys.clear();
+  out->keys.reserve(n);
+  out->index.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    size_t h = MixKey(static_cast<uint64_t>(keys[i])) & mask;
+    while (slot[h] >= 0 && out->keys[slot[h]] != keys[i]) h = (h + 1) & mask;
+    if (slot[h] < 0) {
+      slot[h] = static_cast<int64_t>(out->keys.size());
+      out->keys.push_back(keys[i]);
+    }
+    out->index[i] = slot[h];
+  }
+}
+
+std::string JoinInts(const std::vector<int64_t>& values) {
+  std::string s;
+  for (int64_t v : values) s += (s.empty() ? "" : ", ") + std::to_string(v);
+  return "[" + s + "]";
+}
+
+[[noreturn]] void ThrowUnimplemented(const std::string& what) {
+  throw HpsError(ErrorCode::kUnimplemented, what);
+}
+
+}  // namespace
+
+void SerialFor(int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& work) {
+  if (total > 0) work(0, total);
+}
+
+ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::move(config)) {
+  const VolatileDbConfig& vdb = config_.volatile_db;
+  if (vdb.type == "hash_map" || vdb.type == "parallel_hash_map") {
+    if (vdb.overflow_margin != UINT64_MAX)
+      ThrowUnimplemented("volatile_db.overflow_margin: eviction from the hash map is not available in this "
+                         "build; remove the key to keep every row in memory");
+    volatile_db_ = std::make_unique<HashMapBackend>(vdb.num_partitions);
+  } else if (vdb.type != "disabled") {
+    ThrowUnimplemented("volatile_db.type '" + vdb.type + "' is not available in this build (available: "
+                       "'hash_map', 'parallel_hash_map', 'disabled')");
+  }
+  if (config_.persistent_db.type != "disabled")
+    ThrowUnimplemented("persistent_db.type '" + config_.persistent_db.type +
+                       "' is not available in this build (available: 'disabled')");
+  if (config_.update_source.type != "null")
+    ThrowUnimplemented("update_source.type '" + config_.update_source.type +
+                       "' is not available in this build");
+  if (!volatile_db_)
+    ThrowInvalidArgument("config: volatile_db and persistent_db are both disabled, so no tier would hold "
+                         "the table rows; enable volatile_db (e.g. {\"type\": \"hash_map\"})");
+
+  for (const ModelConfig& model : config_.models) {
+    Log(LogLevel::kInfo, "model '" + model.model + "': deployed_device_list " +
+                             JoinInts(model.deployed_device_list) +
+                             "; this build serves every table on the CPU");
+    auto& tables = tables_[model.model];
+    for (int64_t t = 0; t < model.num_tables(); ++t) {
+      auto table = std::make_unique<EmbeddingTable>();
+      LoadTable(model, t, table.get());
+      tables.push_back(std::move(table));
+    }
+  }
+}
+
+ParameterServer::~ParameterServer() = default;
+
+void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTable* table) {
+  const auto start = std::chrono::steady_clock::now();
+  table->model = model.model;
+  table->name = model.embedding_table_names[t];
+  table->tag = TableTag(table->model, table->name);
+  table->dim = model.embedding_vecsize_per_table[t];
+  table->default_value = static_cast<float>(model.default_value_for_each_table[t]);
+
+  const TableFolderInfo info = InspectTableFolder(model.sparse_files[t], table->dim);
+  table->num_rows = info.num_rows;
+  if (model.gpucache) {
+    const bool whole_table = model.embedding_cache_type != "dynamic" && model.embedding_cache_type != "stochastic";
+    const int64_t rows = whole_table ? info.num_rows
+                                     : std::max<int64_t>(64, static_cast<int64_t>(std::ceil(model.gpucacheper *
+                                                                                            info.num_rows)));
+    table->cache = std::make_unique<EmbeddingCache>(rows, table->dim);
+  }
+  // Warm-up fills the cache with the first rows of the file, as HPS does.
+  const bool warm = table->cache && model.init_ec && model.cache_refresh_percentage_per_iteration > 0;
+  const uint64_t warm_stamp = table->cache ? table->cache->NextStamp() : 0;
+  int64_t loaded = 0;
+  std::vector<int64_t> keys32;
+  ReadTableFolder(info, kLoadChunkRows, [&](const int64_t* keys, const float* vectors, int64_t n) {
+    if (!config_.supportlonglong) {
+      // 32-bit models: file keys in [2^31, 2^32) are the unsigned spelling of
+      // negative int32 keys, which is how TensorFlow int32 keys reach HPS.
+      keys32.resize(n);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = keys[i];
+        if (k < INT32_MIN || k > static_cast<int64_t>(UINT32_MAX))
+          ThrowInvalidArgument("table file '" + info.key_path + "': key " + std::to_string(k) + " at row " +
+                               std::to_string(loaded + i) +
+                               " does not fit 32 bits, but supportlonglong is false");
+        keys32[i] = static_cast<int32_t>(static_cast<uint32_t>(k));
+      }
+      keys = keys32.data();
+    }
+    volatile_db_->Insert(table->tag, n, keys, vectors, table->dim);
+    if (warm && loaded < table->cache->capacity()) {
+      const int64_t take = std::min(n, table->cache->capacity() - loaded);
+      table->cache->Replace(keys, take, vectors, warm_stamp);
+    }
+    loaded += n;
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  Log(LogLevel::kInfo, "table " + table->tag + ": " + std::to_string(info.num_rows) + " rows of dimension " +
+                           std::to_string(table->dim) + " loaded into the " + volatile_db_->name() + " in " +
+                           std::to_string(seconds) + " s; L1: " +
+                           (table->cache ? "CPU cache of " + std::to_string(table->cache->capacity()) + " rows"
+                                         : std::string("none (gpucache is false)")));
+}
+
+const EmbeddingTable& ParameterServer::FindTable(const std::string& model, int64_t table_id) const {
+  auto it = tables_.find(model);
+  if (it == tables_.end()) {
+    std::string names;
+    for (const auto& [name, tables] : tables_) names += (names.empty() ? "'" : ", '") + name + "'";
+    ThrowInvalidArgument("model '" + model + "' is not in the config (models: " + names + ")");
+  }
+  if (table_id < 0 || table_id >= static_cast<int64_t>(it->second.size()))
+    ThrowInvalidArgument("table_id " + std::to_string(table_id) + " is out of range: model '" + model +
+                         "' has " + std::to_string(it->second.size()) + " table(s)");
+  return *it->second[table_id];
+}
+
+void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
+                             const ParallelFor& parallel_for) const {
+  if (n <= 0) return;
+  const int64_t dim = table.dim;
+  const size_t row_bytes = dim * sizeof(float);
+
+  UniqueKeys unique;
+  Dedup(keys, n, &unique);
+  const int64_t u = static_cast<int64_t>(unique.keys.size());
+  std::vector<float> rows(u * dim);  // (u, dim): the row of each unique key
+  std::mutex merge_mutex;
+
+  // L1: collect the unique positions that missed.
+  std::vector<int64_t> missing;
+  if (table.cache) {
+    const uint64_t stamp = table.cache->NextStamp();
+    parallel_for(u, 200 + dim, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> local;
+      table.cache->Query(unique.keys.data() + begin, end - begin, rows.data() + begin * dim, stamp, &local);
+      std::lock_guard<std::mutex> lock(merge_mutex);
+      for (int64_t i : local) missing.push_back(begin + i);
+    });
+    std::sort(missing.begin(), missing.end());
+  } else {
+    missing.resize(u);
+    std::iota(missing.begin(), missing.end(), 0);
+  }
+
+  // Lower tiers, then the default, for what L1 did not hold.
+  if (!missing.empty()) {
+    const int64_t m = static_cast<int64_t>(missing.size());
+    std::vector<int64_t> miss_keys(m);
+    for (int64_t j = 0; j < m; ++j) miss_keys[j] = unique.keys[missing[j]];
+    std::vector<float> fetched(m * dim);
+    std::vector<char> found(m, 1);
+    parallel_for(m, 300 + dim, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> absent;
+      volatile_db_->Fetch(table.tag, end - begin, miss_keys.data() + begin, fetched.data() + begin * dim, dim,
+                          &absent);
+      for (int64_t j : absent) {
+        found[begin + j] = 0;
+        std::fill_n(fetched.data() + (begin + j) * dim, dim, table.default_value);
+      }
+    });
+    std::vector<int64_t> insert_keys;
+    std::vector<float> insert_rows;
+    for (int64_t j = 0; j < m; ++j) {
+      std::memcpy(rows.data() + missing[j] * dim, fetched.data() + j * dim, row_bytes);
+      if (table.cache && found[j]) {
+        insert_keys.push_back(miss_keys[j]);
+        insert_rows.insert(insert_rows.end(), fetched.data() + j * dim, fetched.data() + (j + 1) * dim);
+      }
+    }
+    if (!insert_keys.empty())
+      table.cache->Replace(insert_keys.data(), static_cast<int64_t>(insert_keys.size()), insert_rows.data(),
+                           table.cache->NextStamp());
+  }
+
+  // Scatter back to the caller's order.
+  parallel_for(n, 10 + dim, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) std::memcpy(out + i * dim, rows.data() + unique.index[i] * dim, row_bytes);
+  });
+}
+
+// --- registry -------------------------------------------------------------------
+
+ParameterServerRegistry& ParameterServerRegistry::Global() {
+  static ParameterServerRegistry* registry = new ParameterServerRegistry();  // never destroyed
+  return *registry;
+}
+
+std::string ParameterServerRegistry::GetOrCreate(const std::string& canonical_json) {
+  std::shared_ptr<Entry> entry;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& slot = by_config_[canonical_json];
+    if (!slot) slot = std::make_shared<Entry>();
+    entry = slot;
+  }
+  // Concurrent first calls for one config wait here while one of them loads.
+  std::lock_guard<std::mutex> init_lock(entry->init_mutex);
+  if (entry->server) return entry->handle;
+  std::vector<std::string> warnings;
+  ParameterServerConfig config = ParseConfig(canonical_json, "", &warnings);
+  for (const std::string& w : warnings) Log(LogLevel::kWarning, w);
+  auto server = std::make_shared<const ParameterServer>(std::move(config));
+  std::lock_guard<std::mutex> lock(mutex_);
+  entry->handle = "tf_hps:" + std::to_string(++num_created_);
+  entry->server = server;
+  by_handle_[entry->handle] = server;
+  return entry->handle;
+}
+
+std::shared_ptr<const ParameterServer> ParameterServerRegistry::Find(const std::string& handle) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = by_handle_.find(handle);
+  if (it == by_handle_.end())
+    throw HpsError(ErrorCode::kFailedPrecondition,
+                   "parameter server '" + handle + "' is not initialised in this process");
+  return it->second;
+}
+
+int64_t ParameterServerRegistry::num_created() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return num_created_;
+}
+
+}  // namespace tf_hps

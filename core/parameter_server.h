@@ -1,0 +1,104 @@
+// The parameter server: owns the tiers of every table of every model in one
+// configuration, and answers batched lookups through them.
+//
+// Data path of one lookup (LookupSession in the docs):
+//   1. dedup: the batch's keys are reduced to unique keys, each looked up once;
+//   2. L1: the unique keys are queried in the table's embedding cache;
+//   3. misses go to the volatile database (VDB), and what is still missing
+//      gets the table's default value in every element;
+//   4. rows found below L1 are inserted into the cache before returning, so
+//      every answer is exact and never depends on what the cache held;
+//   5. rows are scattered back to the caller's key order.
+// Work is split over the caller's thread pool (TF's CPU workers in the op).
+#ifndef TF_HPS_CORE_PARAMETER_SERVER_H_
+#define TF_HPS_CORE_PARAMETER_SERVER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/embedding_cache.h"
+#include "storage/backend.h"
+
+namespace tf_hps {
+
+// Runs work(begin, end) over [0, total) on a thread pool, in shards whose
+// size the pool picks from `cost_per_unit` (roughly ns per item); returns
+// when all are done.
+using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
+                                       const std::function<void(int64_t, int64_t)>& work)>;
+
+// Runs the work inline on the calling thread.
+void SerialFor(int64_t total, int64_t cost_per_unit, const std::function<void(int64_t, int64_t)>& work);
+
+struct EmbeddingTable {
+  std::string model;
+  std::string name;
+  std::string tag;  // TableTag(model, name)
+  int64_t dim = 0;
+  float default_value = 0.0f;
+  int64_t num_rows = 0;                   // rows loaded from the table files
+  std::unique_ptr<EmbeddingCache> cache;  // null when gpucache is false
+};
+
+class ParameterServer {
+ public:
+  // Builds the tiers and loads every table's files. Throws HpsError.
+  explicit ParameterServer(ParameterServerConfig config);
+  ~ParameterServer();
+
+  const ParameterServerConfig& config() const { return config_; }
+
+  // The table, or throws HpsError(kInvalidArgument) naming what is wrong.
+  const EmbeddingTable& FindTable(const std::string& model, int64_t table_id) const;
+
+  // keys: (n) host; out: (n, table.dim) host. Thread-safe.
+  void Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
+              const ParallelFor& parallel_for) const;
+
+ private:
+  void LoadTable(const ModelConfig& model, int64_t table_id, EmbeddingTable* table);
+
+  ParameterServerConfig config_;
+  std::unique_ptr<DatabaseBackend> volatile_db_;
+  std::map<std::string, std::vector<std::unique_ptr<EmbeddingTable>>> tables_;  // by model
+};
+
+// The process-wide set of parameter servers, one per distinct canonical
+// configuration. Many ops (and SavedModels) sharing a configuration share
+// one server, created once even when first calls race.
+class ParameterServerRegistry {
+ public:
+  static ParameterServerRegistry& Global();
+
+  // Returns the handle of the server for `canonical_json`, creating and
+  // loading it on first use. A failed creation is not remembered: the next
+  // call tries again. Throws HpsError.
+  std::string GetOrCreate(const std::string& canonical_json);
+
+  // The server behind a handle; throws HpsError(kFailedPrecondition).
+  std::shared_ptr<const ParameterServer> Find(const std::string& handle) const;
+
+  // How many servers were created so far (for tests of once-only init).
+  int64_t num_created() const;
+
+ private:
+  struct Entry {
+    std::mutex init_mutex;
+    std::string handle;
+    std::shared_ptr<const ParameterServer> server;
+  };
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<Entry>> by_config_;
+  std::map<std::string, std::shared_ptr<const ParameterServer>> by_handle_;
+  int64_t num_created_ = 0;
+};
+
+}  // namespace tf_hps
+
+#endif  // TF_HPS_CORE_PARAMETER_SERVER_H_

@@ -1,0 +1,90 @@
+#include "core/table_file.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "core/error.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "table files are little-endian; this host is not");
+
+namespace tf_hps {
+namespace {
+
+namespace fs = std::filesystem;
+
+int64_t FileSize(const fs::path& path, const std::string& folder) {
+  std::error_code ec;
+  if (!fs::exists(path, ec))
+    ThrowNotFound("table folder '" + folder + "' has no '" + path.filename().string() + "' file");
+  if (!fs::is_regular_file(path, ec))
+    ThrowInvalidArgument("table file '" + path.string() + "' is not a regular file");
+  const auto size = fs::file_size(path, ec);
+  if (ec) ThrowNotFound("cannot read size of table file '" + path.string() + "': " + ec.message());
+  return static_cast<int64_t>(size);
+}
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+using File = std::unique_ptr<std::FILE, FileCloser>;
+
+File Open(const std::string& path) {
+  File f(std::fopen(path.c_str(), "rb"));
+  if (!f) ThrowNotFound("cannot open table file '" + path + "'");
+  return f;
+}
+
+void ReadExactly(std::FILE* f, void* out, size_t bytes, const std::string& path) {
+  if (bytes != 0 && std::fread(out, 1, bytes, f) != bytes)
+    throw HpsError(ErrorCode::kInternal, "short read from table file '" + path + "' (changed while loading?)");
+}
+
+}  // namespace
+
+TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim) {
+  std::error_code ec;
+  if (!fs::is_directory(folder, ec)) ThrowNotFound("table folder '" + folder + "' does not exist");
+  TableFolderInfo info;
+  info.key_path = (fs::path(folder) / "key").string();
+  info.vector_path = (fs::path(folder) / "emb_vector").string();
+  info.dim = dim;
+  const int64_t key_bytes = FileSize(info.key_path, folder);
+  const int64_t vector_bytes = FileSize(info.vector_path, folder);
+  if (key_bytes == 0) ThrowInvalidArgument("table file '" + info.key_path + "' is empty");
+  if (key_bytes % 8 != 0)
+    ThrowInvalidArgument("table file '" + info.key_path + "' has " + std::to_string(key_bytes) +
+                         " bytes, not a multiple of 8 (int64 keys)");
+  info.num_rows = key_bytes / 8;
+  const int64_t expected = info.num_rows * dim * 4;
+  if (vector_bytes != expected) {
+    std::string hint;
+    if (vector_bytes % (info.num_rows * 4) == 0)
+      hint = "; it holds vectors of " + std::to_string(vector_bytes / (info.num_rows * 4)) +
+             " floats, so embedding_vecsize_per_table may be wrong";
+    ThrowInvalidArgument("table file '" + info.vector_path + "' has " + std::to_string(vector_bytes) +
+                         " bytes, but " + std::to_string(info.num_rows) + " keys of dimension " +
+                         std::to_string(dim) + " need " + std::to_string(expected) + hint);
+  }
+  return info;
+}
+
+void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, const TableChunkFn& on_chunk) {
+  File keys_file = Open(info.key_path);
+  File vectors_file = Open(info.vector_path);
+  std::vector<int64_t> keys;
+  std::vector<float> vectors;
+  for (int64_t done = 0; done < info.num_rows;) {
+    const int64_t n = std::min(chunk_rows, info.num_rows - done);
+    keys.resize(n);
+    vectors.resize(n * info.dim);
+    ReadExactly(keys_file.get(), keys.data(), n * sizeof(int64_t), info.key_path);
+    ReadExactly(vectors_file.get(), vectors.data(), n * info.dim * sizeof(float), info.vector_path);
+    on_chunk(keys.data(), vectors.data(), n);
+    done += n;
+  }
+}
+
+}  // namespace tf_hps

@@ -1,0 +1,33 @@
+// HPS sparse model folders: one folder per embedding table, holding
+//   key        N little-endian int64 keys, no header
+//   emb_vector N x D float32 values, row-major; D comes from the config
+// Both files are validated against each other and against D before any row
+// is read, and rows are streamed in chunks so loading needs bounded memory.
+#ifndef TF_HPS_CORE_TABLE_FILE_H_
+#define TF_HPS_CORE_TABLE_FILE_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace tf_hps {
+
+struct TableFolderInfo {
+  std::string key_path;
+  std::string vector_path;
+  int64_t num_rows = 0;
+  int64_t dim = 0;
+};
+
+// Checks that `folder` holds `key` and `emb_vector` files of consistent sizes
+// for vectors of `dim` floats. Throws HpsError naming the file and sizes.
+TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim);
+
+// Calls on_chunk(keys (n), vectors (n, dim), n) for consecutive chunks of at
+// most `chunk_rows` rows, in file order. Host memory only.
+using TableChunkFn = std::function<void(const int64_t* keys, const float* vectors, int64_t n)>;
+void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, const TableChunkFn& on_chunk);
+
+}  // namespace tf_hps
+
+#endif  // TF_HPS_CORE_TABLE_FILE_H_

@@ -1,0 +1,50 @@
+// The interface every storage tier implements: the in-process hash map and,
+// behind the same calls, Redis and RocksDB. TF-free and thread-safe.
+//
+// Tables are named by their tag, `hps_et.<model>.<table>` (see TableTag), and
+// hold rows of `dim` float32 values keyed by int64. All buffers live in host
+// memory.
+#ifndef TF_HPS_STORAGE_BACKEND_H_
+#define TF_HPS_STORAGE_BACKEND_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tf_hps {
+
+// The name under which a table is stored in every backend.
+inline std::string TableTag(const std::string& model, const std::string& table) {
+  return "hps_et." + model + "." + table;
+}
+
+class DatabaseBackend {
+ public:
+  virtual ~DatabaseBackend() = default;
+
+  // The backend's kind, as in the config ("hash_map", ...).
+  virtual const char* name() const = 0;
+
+  // Inserts or overwrites rows. keys: (n), values: (n, dim).
+  virtual void Insert(const std::string& table, int64_t n, const int64_t* keys,
+                      const float* values, int64_t dim) = 0;
+
+  // Copies the row of each key found into values[i] (values: (n, dim)) and
+  // appends the index i of each key not found to `missing`, in order. Rows of
+  // missing keys are left untouched. Returns the number of keys found.
+  virtual int64_t Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values,
+                        int64_t dim, std::vector<int64_t>* missing) = 0;
+
+  // Rows stored for `table` (0 for an unknown table).
+  virtual int64_t Size(const std::string& table) const = 0;
+
+  // Removes the given keys; returns how many were present.
+  virtual int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) = 0;
+
+  // Drops the whole table.
+  virtual void EvictTable(const std::string& table) = 0;
+};
+
+}  // namespace tf_hps
+
+#endif  // TF_HPS_STORAGE_BACKEND_H_

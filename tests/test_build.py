@@ -1,0 +1,49 @@
+"""The make and Bazel builds compile the same sources into libraries that agree."""
+
+import ast
+import glob
+import os
+
+import numpy as np
+
+from conftest import ROOT, run_python
+
+
+def source_lists():
+    tree = ast.parse(open(os.path.join(ROOT, "sources.bzl")).read())
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
+
+
+def test_every_cpp_file_is_in_the_one_source_list():
+    listed = set(sum(source_lists().values(), []))
+    on_disk = {os.path.relpath(p, ROOT) for d in ("core", "storage", "ops")
+               for p in glob.glob(os.path.join(ROOT, d, "*.cc")) + glob.glob(os.path.join(ROOT, d, "*.h"))}
+    assert listed == on_disk
+
+
+LOOKUP = """
+import sys, json, numpy as np, tensorflow as tf
+lib = tf.load_op_library(sys.argv[1])
+keys = np.arange(-5, 300).astype(np.int64)
+json.dump({"supportlonglong": True, "models": [{"model": "m", "sparse_files": [sys.argv[2]],
+  "embedding_vecsize_per_table": [8], "maxnum_catfeature_query_per_table_per_sample": [1],
+  "default_value_for_each_table": [0.25], "deployed_device_list": [0]}]}, open(sys.argv[3], "w"))
+canonical, _ = lib.tf_hps_parse_config(config_file=sys.argv[3])
+handle = lib.tf_hps_init(ps_config=canonical.numpy().decode())
+out = lib.tf_hps_lookup(keys=keys, ps_handle=handle, model_name="m", table_id=0, emb_vec_size=8)
+np.save(sys.argv[4], out.numpy())
+"""
+
+
+def test_bazel_and_make_libraries_give_identical_lookups(tables, tmp_path):
+    folder = tables.table("t0", 256, 8)
+    results = []
+    for name, lib in (("make", os.path.join(ROOT, "tf_hps", "_tf_hps_ops.so")),
+                      ("bazel", os.path.join(ROOT, "build", "bazel", "_tf_hps_ops.so"))):
+        assert os.path.isfile(lib), f"{name} build missing: {lib} (run `make test`, which builds both)"
+        out = str(tmp_path / f"{name}.npy")
+        run_python(LOOKUP, lib, folder, str(tmp_path / f"{name}.json"), out)
+        results.append(np.load(out))
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0][5:261], tables.rows["t0"][1])
+    assert (results[0][:5] == 0.25).all() and (results[0][261:] == 0.25).all()

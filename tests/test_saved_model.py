@@ -1,0 +1,87 @@
+"""A Keras model with tf_hps layers exports as a SavedModel that serves without tf_hps's Python code."""
+
+import os
+import shutil
+import subprocess
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_hps as hps
+from conftest import ROOT, run_python
+
+SERVE = """
+import sys, threading, numpy as np, tensorflow as tf
+tf.load_op_library(sys.argv[1])
+serve = tf.saved_model.load(sys.argv[2]).signatures["serving_default"]
+ids = np.load(sys.argv[3])
+threads = int(sys.argv[5])
+results = [None] * threads
+barrier = threading.Barrier(threads)
+def call(i):
+    barrier.wait()  # all first calls race for the lazy initialisation
+    (results[i],) = [v.numpy() for v in serve(ids=tf.constant(ids)).values()]
+workers = [threading.Thread(target=call, args=(i,)) for i in range(threads)]
+for w in workers: w.start()
+for w in workers: w.join()
+assert all(np.array_equal(r, results[0]) for r in results)
+np.save(sys.argv[4], results[0])
+"""
+
+
+@pytest.fixture
+def exported(simple, tmp_path):
+    """Exports a small model, then moves the export and deletes the config it was built from."""
+    tables, path = simple
+    ids = keras.Input(shape=(4,), dtype="int64", name="ids")
+    emb = hps.LookupLayer("foo", 0, 16, tf.float32, path)(ids)
+    out = keras.layers.Dense(3, kernel_initializer="glorot_uniform")(keras.layers.Flatten()(emb))
+    model = keras.Model(ids, out)
+    x = np.random.default_rng(5).integers(0, 1200, size=(64, 4)).astype(np.int64)
+    want = model.predict(x, verbose=0)
+    model.export(str(tmp_path / "export"), verbose=False)
+    moved = str(tmp_path / "elsewhere" / "model")
+    os.makedirs(os.path.dirname(moved))
+    shutil.move(str(tmp_path / "export"), moved)
+    os.remove(path)
+    np.save(tmp_path / "ids.npy", x)
+    return moved, str(tmp_path / "ids.npy"), want
+
+
+def test_export_serves_in_a_fresh_process_without_tf_hps(exported, tmp_path):
+    export, ids, want = exported
+    proc = run_python(SERVE, hps.op_library_path(), export, ids, str(tmp_path / "out.npy"), "1")
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), want)
+    assert "tf_hps I" in proc.stderr  # it did initialise from the embedded config
+
+
+def test_concurrent_first_calls_initialise_once(exported, tmp_path):
+    export, ids, want = exported
+    proc = run_python(SERVE, hps.op_library_path(), export, ids, str(tmp_path / "out.npy"), "8")
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), want)
+    assert proc.stderr.count("loaded into the hash_map") == 1, proc.stderr
+    assert proc.stderr.count("this build serves every table on the CPU") == 1, proc.stderr
+
+
+def test_export_without_the_op_library_fails_with_a_clear_error(exported):
+    export, _, _ = exported
+    code = "import sys, tensorflow as tf\ntry:\n    tf.saved_model.load(sys.argv[1])\nexcept Exception as e:\n    print(e)"
+    assert "Op type not registered 'TfHps" in run_python(code, export).stdout
+
+
+def test_cpp_loader_serves_the_export_with_concurrent_session_runs(exported, tmp_path):
+    export, ids, want = exported
+    runner = os.path.join(ROOT, "build", "saved_model_runner")
+    subprocess.run(["make", "-s", "-C", ROOT, "build/saved_model_runner"], check=True)
+    out_dir = tmp_path / "cpp_out"
+    out_dir.mkdir()
+    proc = subprocess.run(
+        [runner, f"--op_library={hps.op_library_path()}", f"--saved_model={export}", f"--input=ids={ids}",
+         f"--output_dir={out_dir}", "--threads=4", "--iterations=10"],
+        capture_output=True, text=True, timeout=300, cwd="/",
+    )
+    assert proc.returncode == 0, proc.stderr
+    (output,) = os.listdir(out_dir)
+    np.testing.assert_array_equal(np.load(out_dir / output), want)

@@ -1,0 +1,41 @@
+"""Process-level API: ``Init``, as in HugeCTR's HPS plugin."""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from tf_hps._ops import ops
+from tf_hps.config import PsConfig, load_config
+
+_default: PsConfig | None = None
+
+
+def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> str:  # noqa: N802 (HPS name)
+    """Loads the parameter server of a config now, and makes it the default.
+
+    Every table of every model is loaded into the configured tiers. Layers
+    created later with ``ps_config_file=""`` use this config. Calling it
+    again with the same config reuses the loaded server. Returns ``"OK"``.
+
+    Example:
+        >>> import tf_hps as hps
+        >>> hps.Init(global_batch_size=1024, ps_config_file="ps_config.json")  # doctest: +SKIP
+        'OK'
+    """
+    global _default
+    if not isinstance(global_batch_size, int) or global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}")
+    if not os.fspath(ps_config_file):
+        raise ValueError("ps_config_file is required")
+    config = load_config(ps_config_file)
+    with tf.device("/CPU:0"):
+        ops().tf_hps_init(ps_config=config.canonical_json, global_batch_size=global_batch_size)
+    _default = config
+    return "OK"
+
+
+def default_config() -> PsConfig | None:
+    """The config of the last successful ``Init`` call, or None."""
+    return _default
