@@ -26,3 +26,8 @@ bazel --output_user_root="$ROOT/build/bazel-root" build \
 # Replace rather than overwrite: Bazel's outputs are read-only.
 install -m 0755 build/bazel-bin/_tf_hps_ops.so build/bazel/_tf_hps_ops.so
 echo "bazel_build.sh: wrote build/bazel/_tf_hps_ops.so"
+
+# In CI nothing builds again: stop the server rather than leave it idling.
+if [[ -n "${CI:-}" ]]; then
+    bazel --output_user_root="$ROOT/build/bazel-root" shutdown
+fi
