@@ -9,10 +9,15 @@ MAKEFLAGS += --jobs=$(shell nproc)
 PY := .venv/bin/python
 BUILD := build
 LIB := tf_hps/_tf_hps_ops.so
+STORAGE_LIB := tf_hps/_tf_hps_storage.so
 
-# The one source list, shared with Bazel (sources.bzl).
-SRCS := $(shell sed -n 's/^ *"\([^"]*\.cc\)",*$$/\1/p' sources.bzl)
-HDRS := $(shell sed -n 's/^ *"\([^"]*\.h\)",*$$/\1/p' sources.bzl)
+# The one source list, shared with Bazel (sources.bzl): $(call bzl_list,NAME).
+bzl_list = $(shell sed -n '/^$(1) = \[/,/^]/s/^ *"\([^"]*\)",*$$/\1/p' sources.bzl)
+CORE_SRCS := $(call bzl_list,HPS_CORE_SRCS)
+OP_SRCS := $(call bzl_list,HPS_OP_SRCS)
+CAPI_SRCS := $(call bzl_list,HPS_STORAGE_CAPI_SRCS)
+HDRS := $(call bzl_list,HPS_CORE_HDRS) $(call bzl_list,HPS_OP_HDRS) $(call bzl_list,HPS_STORAGE_CAPI_HDRS)
+LINKOPTS := $(call bzl_list,HPS_CORE_LINKOPTS)
 
 CXXFLAGS := -O2 -fPIC -std=c++17 -Wall -Wno-sign-compare -Wno-deprecated-declarations -Wno-interference-size -I.
 
@@ -39,18 +44,25 @@ $(BUILD)/tf_flags.mk: .venv/.requirements.stamp
 
 -include $(BUILD)/tf_flags.mk
 
-OBJS := $(SRCS:%.cc=$(BUILD)/obj/%.o)
+# The core is compiled with TF's flags (ABI and alignment) and shared by both libraries.
+CORE_OBJS := $(CORE_SRCS:%.cc=$(BUILD)/obj/%.o)
+OP_OBJS := $(OP_SRCS:%.cc=$(BUILD)/obj/%.o)
+CAPI_OBJS := $(CAPI_SRCS:%.cc=$(BUILD)/obj/%.o)
 
 $(BUILD)/obj/%.o: %.cc $(HDRS) $(BUILD)/tf_flags.mk
 	@mkdir -p $(dir $@)
 	@echo "  CXX $<"
 	@g++ $(CXXFLAGS) $(TF_CFLAGS) -c $< -o $@
 
-$(LIB): $(OBJS)
+$(LIB): $(CORE_OBJS) $(OP_OBJS)
 	@echo "  LD  $@"
-	@g++ -shared $(OBJS) -o $@ $(TF_LFLAGS)
+	@g++ -shared $^ -o $@ $(TF_LFLAGS) $(LINKOPTS)
 
-lib: setup $(LIB)
+$(STORAGE_LIB): $(CORE_OBJS) $(CAPI_OBJS)
+	@echo "  LD  $@"
+	@g++ -shared $^ -o $@ $(LINKOPTS) -Wl,--no-undefined
+
+lib: setup $(LIB) $(STORAGE_LIB)
 
 $(BUILD)/saved_model_runner: serving/saved_model_runner.cc $(BUILD)/tf_flags.mk
 	@echo "  CXX $<"

@@ -1,15 +1,17 @@
-"""The one list of C++ sources of the op library.
+"""The one list of C++ sources of the tf_hps libraries.
 
-Bazel (`BUILD`) loads this file, and the Makefile reads the quoted paths out of
-it, so both builds compile exactly the same files.
+Bazel (`BUILD`) loads this file, and the Makefile reads the quoted paths and
+flags out of it, so both builds compile and link exactly the same things.
+Keep one entry per line.
 """
 
-# TF-free C++: configuration, table files, storage backends, lookup session.
+# TF-free C++: configuration, table files, cache, lookup session, storage.
 HPS_CORE_SRCS = [
     "core/config.cc",
     "core/table_file.cc",
     "core/embedding_cache.cc",
     "core/parameter_server.cc",
+    "storage/factory.cc",
     "storage/hash_map_backend.cc",
 ]
 
@@ -22,13 +24,29 @@ HPS_CORE_HDRS = [
     "core/embedding_cache.h",
     "core/parameter_server.h",
     "storage/backend.h",
+    "storage/factory.h",
     "storage/hash_map_backend.h",
 ]
 
-# TensorFlow op registrations and CPU kernels.
+# Libraries the core links against (Debian packages).
+HPS_CORE_LINKOPTS = [
+    "-lhiredis",
+    "-lrocksdb",
+]
+
+# TensorFlow op registrations and CPU kernels: _tf_hps_ops.so = core + these.
 HPS_OP_SRCS = [
     "ops/hps_ops.cc",
     "ops/hps_kernels.cc",
 ]
 
 HPS_OP_HDRS = []
+
+# The C ABI of the storage backends: _tf_hps_storage.so = core + these (no TF).
+HPS_STORAGE_CAPI_SRCS = [
+    "storage/c_api.cc",
+]
+
+HPS_STORAGE_CAPI_HDRS = [
+    "storage/c_api.h",
+]

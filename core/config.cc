@@ -358,6 +358,14 @@ void ValidateUpdateSource(UpdateSourceConfig& c) {
                 {"kafka_mq", "kafka_message_queue"}});
 }
 
+Json ParseJson(const std::string& json_text) {
+  try {
+    return Json::parse(json_text);
+  } catch (const Json::parse_error& e) {
+    ThrowInvalidArgument(std::string("config is not valid JSON: ") + e.what());
+  }
+}
+
 }  // namespace
 
 int ParameterServerConfig::FindModel(const std::string& name) const {
@@ -369,12 +377,7 @@ int ParameterServerConfig::FindModel(const std::string& name) const {
 
 ParameterServerConfig ParseConfig(const std::string& json_text, const std::string& base_dir,
                                   std::vector<std::string>* warnings) {
-  Json root;
-  try {
-    root = Json::parse(json_text);
-  } catch (const Json::parse_error& e) {
-    ThrowInvalidArgument(std::string("config is not valid JSON: ") + e.what());
-  }
+  const Json root = ParseJson(json_text);
   ParameterServerConfig config;
   JsonReader top(root, "", warnings);
   top("supportlonglong", config.supportlonglong, Need::kRequired);
@@ -415,6 +418,28 @@ ParameterServerConfig ParseConfig(const std::string& json_text, const std::strin
   }
   ValidateUpdateSource(config.update_source);
   top.WarnUnknownKeys();
+  return config;
+}
+
+VolatileDbConfig ParseVolatileDbConfig(const std::string& json_text, const std::string&,
+                                       std::vector<std::string>* warnings) {
+  const Json root = ParseJson(json_text);
+  VolatileDbConfig config;
+  JsonReader reader(root, "volatile_db", warnings);
+  VisitVolatileDb(reader, config);
+  reader.WarnUnknownKeys();
+  ValidateVolatileDb(config);
+  return config;
+}
+
+PersistentDbConfig ParsePersistentDbConfig(const std::string& json_text, const std::string& base_dir,
+                                           std::vector<std::string>* warnings) {
+  const Json root = ParseJson(json_text);
+  PersistentDbConfig config;
+  JsonReader reader(root, "persistent_db", warnings);
+  VisitPersistentDb(reader, config);
+  reader.WarnUnknownKeys();
+  ValidatePersistentDb(config, base_dir);
   return config;
 }
 

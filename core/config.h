@@ -130,6 +130,14 @@ ParameterServerConfig ParseConfig(const std::string& json_text,
 ParameterServerConfig LoadConfigFile(const std::string& path,
                                      std::vector<std::string>* warnings);
 
+// Parse one database section on its own (the JSON object that stands under
+// "volatile_db" or "persistent_db"), for tools that talk to a database
+// without a whole config. Same checks and canonical names as ParseConfig.
+VolatileDbConfig ParseVolatileDbConfig(const std::string& json_text, const std::string& base_dir,
+                                       std::vector<std::string>* warnings);
+PersistentDbConfig ParsePersistentDbConfig(const std::string& json_text, const std::string& base_dir,
+                                           std::vector<std::string>* warnings);
+
 // The canonical JSON of a parsed config: every known key written out, with
 // defaults filled in and paths absolute. ParseConfig(ToCanonicalJson(c))
 // gives back c with no warnings. Secrets are written as they are.

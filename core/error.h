@@ -19,6 +19,7 @@ enum class ErrorCode {
   kFailedPrecondition,  // state does not allow the call
   kUnimplemented,       // a configured feature this build does not provide
   kResourceExhausted,   // out of memory
+  kUnavailable,         // a database server cannot be reached in time
   kInternal,            // a bug or an I/O failure
 };
 

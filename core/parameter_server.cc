@@ -10,7 +10,7 @@
 #include "core/key_hash.h"
 #include "core/log.h"
 #include "core/table_file.h"
-#include "storage/hash_map_backend.h"
+#include "storage/factory.h"
 
 namespace tf_hps {
 namespace {
@@ -60,19 +60,8 @@ void SerialFor(int64_t total, int64_t, const std::function<void(int64_t, int64_t
 }
 
 ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::move(config)) {
-  const VolatileDbConfig& vdb = config_.volatile_db;
-  if (vdb.type == "hash_map" || vdb.type == "parallel_hash_map") {
-    if (vdb.overflow_margin != UINT64_MAX)
-      ThrowUnimplemented("volatile_db.overflow_margin: eviction from the hash map is not available in this "
-                         "build; remove the key to keep every row in memory");
-    volatile_db_ = std::make_unique<HashMapBackend>(vdb.num_partitions);
-  } else if (vdb.type != "disabled") {
-    ThrowUnimplemented("volatile_db.type '" + vdb.type + "' is not available in this build (available: "
-                       "'hash_map', 'parallel_hash_map', 'disabled')");
-  }
-  if (config_.persistent_db.type != "disabled")
-    ThrowUnimplemented("persistent_db.type '" + config_.persistent_db.type +
-                       "' is not available in this build (available: 'disabled')");
+  volatile_db_ = MakeVolatileBackend(config_.volatile_db);
+  persistent_db_ = MakePersistentBackend(config_.persistent_db);
   if (config_.update_source.type != "null")
     ThrowUnimplemented("update_source.type '" + config_.update_source.type +
                        "' is not available in this build");

@@ -65,7 +65,8 @@ class ParameterServer {
   void LoadTable(const ModelConfig& model, int64_t table_id, EmbeddingTable* table);
 
   ParameterServerConfig config_;
-  std::unique_ptr<DatabaseBackend> volatile_db_;
+  std::unique_ptr<DatabaseBackend> volatile_db_;    // L2, may be null
+  std::unique_ptr<DatabaseBackend> persistent_db_;  // L3, may be null
   std::map<std::string, std::vector<std::unique_ptr<EmbeddingTable>>> tables_;  // by model
 };
 

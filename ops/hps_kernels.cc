@@ -29,6 +29,7 @@ absl::Status ToStatus(const HpsError& e) {
     case ErrorCode::kFailedPrecondition: return absl::FailedPreconditionError(message);
     case ErrorCode::kUnimplemented: return absl::UnimplementedError(message);
     case ErrorCode::kResourceExhausted: return absl::ResourceExhaustedError(message);
+    case ErrorCode::kUnavailable: return absl::UnavailableError(message);
     case ErrorCode::kInternal: return absl::InternalError(message);
   }
   return absl::InternalError(message);

@@ -43,6 +43,9 @@ class DatabaseBackend {
 
   // Drops the whole table.
   virtual void EvictTable(const std::string& table) = 0;
+
+  // Tags of the tables stored, sorted.
+  virtual std::vector<std::string> ListTables() const = 0;
 };
 
 }  // namespace tf_hps

@@ -26,8 +26,12 @@ struct HashMapBackend::Table {
   Partition& PartitionOf(int64_t key) { return partitions[PartitionIndex(key)]; }
 };
 
-HashMapBackend::HashMapBackend(int64_t num_partitions) : num_partitions_(num_partitions) {
-  if (num_partitions < 1) ThrowInvalidArgument("hash_map: num_partitions must be at least 1");
+HashMapBackend::HashMapBackend(const VolatileDbConfig& config) : num_partitions_(config.num_partitions) {
+  if (num_partitions_ < 1) ThrowInvalidArgument("hash_map: num_partitions must be at least 1");
+  if (config.overflow_margin != UINT64_MAX)
+    throw HpsError(ErrorCode::kUnimplemented,
+                   "volatile_db.overflow_margin: eviction from the hash map is not available in this build; "
+                   "remove the key to keep every row in memory");
 }
 
 HashMapBackend::~HashMapBackend() = default;
@@ -142,6 +146,13 @@ int64_t HashMapBackend::Evict(const std::string& table, int64_t n, const int64_t
 void HashMapBackend::EvictTable(const std::string& table) {
   std::unique_lock<std::shared_mutex> lock(tables_mutex_);
   tables_.erase(table);
+}
+
+std::vector<std::string> HashMapBackend::ListTables() const {
+  std::shared_lock<std::shared_mutex> lock(tables_mutex_);
+  std::vector<std::string> names;
+  for (const auto& [name, table] : tables_) names.push_back(name);
+  return names;
 }
 
 }  // namespace tf_hps

@@ -11,13 +11,14 @@
 #include <shared_mutex>
 #include <unordered_map>
 
+#include "core/config.h"
 #include "storage/backend.h"
 
 namespace tf_hps {
 
 class HashMapBackend : public DatabaseBackend {
  public:
-  explicit HashMapBackend(int64_t num_partitions);
+  explicit HashMapBackend(const VolatileDbConfig& config);
   ~HashMapBackend() override;
 
   const char* name() const override { return "hash_map"; }
@@ -28,6 +29,7 @@ class HashMapBackend : public DatabaseBackend {
   int64_t Size(const std::string& table) const override;
   int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) override;
   void EvictTable(const std::string& table) override;
+  std::vector<std::string> ListTables() const override;
 
  private:
   struct Partition;

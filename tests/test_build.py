@@ -15,7 +15,7 @@ def source_lists():
 
 
 def test_every_cpp_file_is_in_the_one_source_list():
-    listed = set(sum(source_lists().values(), []))
+    listed = {f for name, files in source_lists().items() if not name.endswith("LINKOPTS") for f in files}
     on_disk = {os.path.relpath(p, ROOT) for d in ("core", "storage", "ops")
                for p in glob.glob(os.path.join(ROOT, d, "*.cc")) + glob.glob(os.path.join(ROOT, d, "*.h"))}
     assert listed == on_disk

@@ -1,0 +1,118 @@
+#include "storage/c_api.h"
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "storage/factory.h"
+
+struct HpsStorage {
+  std::unique_ptr<tf_hps::DatabaseBackend> backend;
+};
+
+namespace {
+
+void CopyMessage(const std::string& message, char* err, size_t err_len) {
+  if (err == nullptr || err_len == 0) return;
+  std::strncpy(err, message.c_str(), err_len - 1);
+  err[err_len - 1] = '\0';
+}
+
+// Runs fn; on an exception writes its message and returns -(1 + code).
+template <class Fn>
+int64_t Guarded(char* err, size_t err_len, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const tf_hps::HpsError& e) {
+    CopyMessage(e.what(), err, err_len);
+    return -1 - static_cast<int64_t>(e.code());
+  } catch (const std::bad_alloc&) {
+    CopyMessage("out of memory", err, err_len);
+    return -1 - static_cast<int64_t>(tf_hps::ErrorCode::kResourceExhausted);
+  } catch (const std::exception& e) {
+    CopyMessage(e.what(), err, err_len);
+    return -1 - static_cast<int64_t>(tf_hps::ErrorCode::kInternal);
+  }
+}
+
+tf_hps::DatabaseBackend& Backend(HpsStorage* storage) {
+  if (storage == nullptr || !storage->backend)
+    throw tf_hps::HpsError(tf_hps::ErrorCode::kFailedPrecondition, "storage handle is closed");
+  return *storage->backend;
+}
+
+}  // namespace
+
+extern "C" {
+
+HpsStorage* hps_storage_open(const char* kind, const char* config_json, int* code, char* err, size_t err_len) {
+  auto storage = std::make_unique<HpsStorage>();
+  const int64_t rc = Guarded(err, err_len, [&]() -> int64_t {
+    std::vector<std::string> warnings;
+    const std::string which = kind ? kind : "";
+    if (which == "volatile_db") {
+      storage->backend = tf_hps::MakeVolatileBackend(tf_hps::ParseVolatileDbConfig(config_json, "", &warnings));
+    } else if (which == "persistent_db") {
+      storage->backend = tf_hps::MakePersistentBackend(tf_hps::ParsePersistentDbConfig(config_json, "", &warnings));
+    } else {
+      tf_hps::ThrowInvalidArgument("kind must be 'volatile_db' or 'persistent_db', got '" + which + "'");
+    }
+    for (const auto& w : warnings) tf_hps::Log(tf_hps::LogLevel::kWarning, w);
+    if (!storage->backend) tf_hps::ThrowInvalidArgument(which + " is disabled in this config");
+    return 0;
+  });
+  if (code != nullptr) *code = static_cast<int>(rc < 0 ? -1 - rc : 0);
+  return rc < 0 ? nullptr : storage.release();
+}
+
+void hps_storage_close(HpsStorage* storage) { delete storage; }
+
+int64_t hps_storage_insert(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
+                           const float* values, int64_t dim, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    Backend(storage).Insert(table, n, keys, values, dim);
+    return n;
+  });
+}
+
+int64_t hps_storage_fetch(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys, float* values,
+                          int64_t dim, uint8_t* found, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    std::vector<int64_t> missing;
+    const int64_t hits = Backend(storage).Fetch(table, n, keys, values, dim, &missing);
+    std::memset(found, 1, n);
+    for (int64_t i : missing) found[i] = 0;
+    return hits;
+  });
+}
+
+int64_t hps_storage_size(HpsStorage* storage, const char* table, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t { return Backend(storage).Size(table); });
+}
+
+int64_t hps_storage_evict(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys, char* err,
+                          size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t { return Backend(storage).Evict(table, n, keys); });
+}
+
+int64_t hps_storage_drop_table(HpsStorage* storage, const char* table, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    Backend(storage).EvictTable(table);
+    return 0;
+  });
+}
+
+int64_t hps_storage_list_tables(HpsStorage* storage, char* out, size_t out_len, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    std::string text;
+    for (const std::string& t : Backend(storage).ListTables()) text += t + "\n";
+    if (out != nullptr && out_len > text.size()) std::memcpy(out, text.c_str(), text.size() + 1);
+    return static_cast<int64_t>(text.size() + 1);
+  });
+}
+
+}  // extern "C"

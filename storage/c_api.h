@@ -1,0 +1,43 @@
+/* A small C ABI over the storage backends, for tools and tests that talk to
+ * a database without TensorFlow (Python ctypes: tf_hps/storage.py).
+ *
+ * Every call that can fail takes an error buffer and returns a negative
+ * value on failure: -(1 + code), code being the tf_hps::ErrorCode, with a
+ * NUL-terminated message in err. Buffers are host memory; keys are (n)
+ * int64, values (n, dim) float32 row-major. */
+#ifndef TF_HPS_STORAGE_C_API_H_
+#define TF_HPS_STORAGE_C_API_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct HpsStorage HpsStorage;
+
+/* kind: "volatile_db" or "persistent_db"; config_json: that section's JSON
+ * object, with HPS keys (e.g. {"type": "rocks_db", "path": "/data/rdb"}).
+ * Returns NULL on failure (code in *code if code is not NULL). */
+HpsStorage* hps_storage_open(const char* kind, const char* config_json, int* code, char* err, size_t err_len);
+void hps_storage_close(HpsStorage* storage);
+
+int64_t hps_storage_insert(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
+                           const float* values, int64_t dim, char* err, size_t err_len);
+/* found: (n) bytes set to 1 for each key found, whose row is written to values. Returns the count found. */
+int64_t hps_storage_fetch(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys, float* values,
+                          int64_t dim, uint8_t* found, char* err, size_t err_len);
+int64_t hps_storage_size(HpsStorage* storage, const char* table, char* err, size_t err_len);
+int64_t hps_storage_evict(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys, char* err,
+                          size_t err_len);
+int64_t hps_storage_drop_table(HpsStorage* storage, const char* table, char* err, size_t err_len);
+/* Writes the table tags, one per line, into out; returns the bytes needed
+ * (call again with a larger buffer if that is more than out_len). */
+int64_t hps_storage_list_tables(HpsStorage* storage, char* out, size_t out_len, char* err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TF_HPS_STORAGE_C_API_H_ */

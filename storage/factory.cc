@@ -1,0 +1,22 @@
+#include "storage/factory.h"
+
+#include "core/error.h"
+#include "storage/hash_map_backend.h"
+
+namespace tf_hps {
+
+std::unique_ptr<DatabaseBackend> MakeVolatileBackend(const VolatileDbConfig& config) {
+  if (config.type == "hash_map" || config.type == "parallel_hash_map")
+    return std::make_unique<HashMapBackend>(config);
+  if (config.type == "disabled") return nullptr;
+  throw HpsError(ErrorCode::kUnimplemented,
+                 "volatile_db.type '" + config.type + "' is not available in this build");
+}
+
+std::unique_ptr<DatabaseBackend> MakePersistentBackend(const PersistentDbConfig& config) {
+  if (config.type == "disabled") return nullptr;
+  throw HpsError(ErrorCode::kUnimplemented,
+                 "persistent_db.type '" + config.type + "' is not available in this build");
+}
+
+}  // namespace tf_hps
