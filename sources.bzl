@@ -26,6 +26,7 @@ HPS_CORE_HDRS = [
     "storage/backend.h",
     "storage/factory.h",
     "storage/hash_map_backend.h",
+    "storage/layout.h",
 ]
 
 # Libraries the core links against (Debian packages).

@@ -1,7 +1,7 @@
 // The interface every storage tier implements: the in-process hash map and,
 // behind the same calls, Redis and RocksDB. TF-free and thread-safe.
 //
-// Tables are named by their tag, `hps_et.<model>.<table>` (see TableTag), and
+// Tables are named by their tag, `hps_et.<model>.<table>` (storage/layout.h), and
 // hold rows of `dim` float32 values keyed by int64. All buffers live in host
 // memory.
 #ifndef TF_HPS_STORAGE_BACKEND_H_
@@ -11,12 +11,9 @@
 #include <string>
 #include <vector>
 
-namespace tf_hps {
+#include "storage/layout.h"
 
-// The name under which a table is stored in every backend.
-inline std::string TableTag(const std::string& model, const std::string& table) {
-  return "hps_et." + model + "." + table;
-}
+namespace tf_hps {
 
 class DatabaseBackend {
  public:
