@@ -1,42 +1,216 @@
 #include "storage/hash_map_backend.h"
 
+#include <algorithm>
 #include <cstring>
+#include <ctime>
 #include <mutex>
+#include <random>
 
 #include "core/error.h"
 #include "core/key_hash.h"
 
 namespace tf_hps {
+namespace {
 
-struct HashMapBackend::Partition {
+constexpr uint32_t kEmptySlot = UINT32_MAX;
+constexpr int64_t kPageRows = 4096;  // rows per full page
+constexpr double kMaxLoad = 0.75;
+
+uint32_t NowSeconds() { return static_cast<uint32_t>(std::time(nullptr)); }
+
+enum class Policy { kRandom, kLeastUsed, kOldest };
+
+Policy PolicyOf(const std::string& name) {
+  if (name == "evict_least_used") return Policy::kLeastUsed;
+  if (name == "evict_oldest") return Policy::kOldest;
+  return Policy::kRandom;
+}
+
+// Positions [0, n) grouped by partition: order[begin[p] .. begin[p + 1]).
+struct PartitionGroups {
+  std::vector<int64_t> order;
+  std::vector<int64_t> begin;
+  std::vector<uint64_t> hash;  // (n) MixKey of each key
+};
+
+void GroupByPartition(const int64_t* keys, int64_t n, int64_t num_partitions, PartitionGroups* g) {
+  g->hash.resize(n);
+  g->begin.assign(num_partitions + 1, 0);
+  g->order.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    g->hash[i] = MixKey(static_cast<uint64_t>(keys[i]));
+    ++g->begin[g->hash[i] % num_partitions + 1];
+  }
+  for (int64_t p = 0; p < num_partitions; ++p) g->begin[p + 1] += g->begin[p];
+  std::vector<int64_t> next(g->begin.begin(), g->begin.end() - 1);
+  for (int64_t i = 0; i < n; ++i) g->order[next[g->hash[i] % num_partitions]++] = i;
+}
+
+}  // namespace
+
+class HashMapBackend::Partition {
+ public:
+  Partition(int64_t dim, bool track_meta) : dim_(dim), track_meta_(track_meta) {}
+
   mutable std::shared_mutex mutex;
-  std::unordered_map<int64_t, int64_t> row_of_key;  // key -> row index
-  std::vector<int64_t> key_of_row;                  // row index -> key
-  std::vector<float> values;                        // (rows, dim), packed
+
+  int64_t size() const { return size_; }
+
+  int64_t MemoryBytes() const {
+    int64_t bytes = static_cast<int64_t>(index_.capacity() * sizeof(uint32_t));
+    for (const Page& page : pages_) bytes += page.capacity * (dim_ * 4 + 8 + (track_meta_ ? 4 : 0));
+    return bytes;
+  }
+
+  // The row of `key`, or -1.
+  int64_t Find(int64_t key, uint64_t hash) const {
+    const int64_t slot = FindSlot(key, hash);
+    return slot < 0 ? -1 : static_cast<int64_t>(index_[slot]);
+  }
+
+  const float* Values(int64_t row) const { return PageOf(row).values.get() + (row % kPageRows) * dim_; }
+  int64_t KeyAt(int64_t row) const { return PageOf(row).keys[row % kPageRows]; }
+  uint32_t* Meta(int64_t row) { return &pages_[row / kPageRows].meta[row % kPageRows]; }
+
+  // Inserts or overwrites a row; returns true if the key was new.
+  bool Upsert(int64_t key, uint64_t hash, const float* values, uint32_t meta) {
+    int64_t slot = FindSlot(key, hash);
+    if (slot >= 0) {
+      std::memcpy(MutableValues(index_[slot]), values, dim_ * sizeof(float));
+      return false;
+    }
+    if (static_cast<double>(size_ + 1) > kMaxLoad * static_cast<double>(index_.size())) Grow();
+    slot = static_cast<int64_t>((hash >> 8) & mask_);
+    while (index_[slot] != kEmptySlot) slot = (slot + 1) & mask_;
+    const int64_t row = size_++;
+    index_[slot] = static_cast<uint32_t>(row);
+    EnsureRowCapacity(row);
+    Page& page = pages_[row / kPageRows];
+    page.keys[row % kPageRows] = key;
+    if (track_meta_) page.meta[row % kPageRows] = meta;
+    std::memcpy(MutableValues(row), values, dim_ * sizeof(float));
+    return true;
+  }
+
+  // Removes a key; returns whether it was present. The last row moves into
+  // its place, so rows stay dense.
+  bool Erase(int64_t key, uint64_t hash) {
+    const int64_t slot = FindSlot(key, hash);
+    if (slot < 0) return false;
+    const int64_t row = index_[slot];
+    const int64_t last = size_ - 1;
+    if (row != last) {
+      // Find the last row's slot before its key is copied over `row`.
+      const int64_t last_key = KeyAt(last);
+      const int64_t last_slot = FindSlot(last_key, MixKey(static_cast<uint64_t>(last_key)));
+      std::memcpy(MutableValues(row), Values(last), dim_ * sizeof(float));
+      pages_[row / kPageRows].keys[row % kPageRows] = last_key;
+      if (track_meta_) *Meta(row) = *Meta(last);
+      index_[last_slot] = static_cast<uint32_t>(row);
+    }
+    RemoveSlot(slot);
+    --size_;
+    return true;
+  }
+
+ private:
+  // Rows [k * kPageRows, (k + 1) * kPageRows) of page k. Only the last page
+  // may hold fewer than kPageRows; it grows by doubling up to kPageRows.
+  struct Page {
+    int64_t capacity = 0;
+    std::unique_ptr<float[]> values;
+    std::unique_ptr<int64_t[]> keys;
+    std::unique_ptr<uint32_t[]> meta;
+  };
+
+  const Page& PageOf(int64_t row) const { return pages_[row / kPageRows]; }
+  float* MutableValues(int64_t row) { return pages_[row / kPageRows].values.get() + (row % kPageRows) * dim_; }
+
+  int64_t FindSlot(int64_t key, uint64_t hash) const {
+    if (index_.empty()) return -1;
+    for (uint64_t slot = (hash >> 8) & mask_;; slot = (slot + 1) & mask_) {
+      const uint32_t row = index_[slot];
+      if (row == kEmptySlot) return -1;
+      if (KeyAt(row) == key) return static_cast<int64_t>(slot);
+    }
+  }
+
+  uint64_t HomeOf(uint32_t row) const { return (MixKey(static_cast<uint64_t>(KeyAt(row))) >> 8) & mask_; }
+
+  // Backward-shift deletion: later slots of the same probe run move up.
+  void RemoveSlot(int64_t hole) {
+    uint64_t i = hole;
+    for (uint64_t j = (i + 1) & mask_; index_[j] != kEmptySlot; j = (j + 1) & mask_) {
+      const uint64_t home = HomeOf(index_[j]);
+      const bool stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+      if (stays) continue;
+      index_[i] = index_[j];
+      i = j;
+    }
+    index_[i] = kEmptySlot;
+  }
+
+  void Grow() {
+    const size_t capacity = index_.empty() ? 16 : index_.size() * 2;
+    std::vector<uint32_t> old;
+    old.swap(index_);
+    index_.assign(capacity, kEmptySlot);
+    mask_ = capacity - 1;
+    for (const uint32_t row : old) {
+      if (row == kEmptySlot) continue;
+      uint64_t slot = HomeOf(row);
+      while (index_[slot] != kEmptySlot) slot = (slot + 1) & mask_;
+      index_[slot] = row;
+    }
+  }
+
+  void EnsureRowCapacity(int64_t row) {
+    const int64_t page_index = row / kPageRows;
+    if (page_index == static_cast<int64_t>(pages_.size())) pages_.emplace_back();
+    Page& page = pages_[page_index];
+    const int64_t needed = row % kPageRows + 1;
+    if (needed <= page.capacity) return;
+    const int64_t capacity = std::min(kPageRows, std::max<int64_t>(16, page.capacity * 2));
+    Page grown;
+    grown.capacity = capacity;
+    grown.values.reset(new float[capacity * dim_]);
+    grown.keys.reset(new int64_t[capacity]);
+    if (track_meta_) grown.meta.reset(new uint32_t[capacity]);
+    const int64_t used = row % kPageRows;  // rows already in this page
+    if (used > 0) {
+      std::memcpy(grown.values.get(), page.values.get(), used * dim_ * sizeof(float));
+      std::memcpy(grown.keys.get(), page.keys.get(), used * sizeof(int64_t));
+      if (track_meta_) std::memcpy(grown.meta.get(), page.meta.get(), used * sizeof(uint32_t));
+    }
+    page = std::move(grown);
+  }
+
+  const int64_t dim_;
+  const bool track_meta_;
+  int64_t size_ = 0;
+  std::vector<uint32_t> index_;  // row of each slot, kEmptySlot when free; power-of-two size
+  uint64_t mask_ = 0;
+  std::vector<Page> pages_;
 };
 
 struct HashMapBackend::Table {
-  Table(int64_t dim, int64_t num_partitions) : dim(dim), partitions(num_partitions) {}
-  const int64_t dim;
-  std::vector<Partition> partitions;
-
-  uint32_t PartitionIndex(int64_t key) const {
-    return static_cast<uint32_t>(MixKey(static_cast<uint64_t>(key)) % partitions.size());
+  Table(int64_t dim, int64_t num_partitions, bool track_meta, uint64_t seed) : dim(dim), rng(seed) {
+    for (int64_t p = 0; p < num_partitions; ++p) partitions.push_back(std::make_unique<Partition>(dim, track_meta));
   }
-  Partition& PartitionOf(int64_t key) { return partitions[PartitionIndex(key)]; }
+  const int64_t dim;
+  std::vector<std::unique_ptr<Partition>> partitions;
+  std::mutex rng_mutex;
+  std::mt19937_64 rng;  // victims of evict_random
 };
 
-HashMapBackend::HashMapBackend(const VolatileDbConfig& config) : num_partitions_(config.num_partitions) {
-  if (num_partitions_ < 1) ThrowInvalidArgument("hash_map: num_partitions must be at least 1");
-  if (config.overflow_margin != UINT64_MAX)
-    throw HpsError(ErrorCode::kUnimplemented,
-                   "volatile_db.overflow_margin: eviction from the hash map is not available in this build; "
-                   "remove the key to keep every row in memory");
+HashMapBackend::HashMapBackend(const VolatileDbConfig& config) : config_(config) {
+  if (config_.num_partitions < 1) ThrowInvalidArgument("hash_map: num_partitions must be at least 1");
 }
 
 HashMapBackend::~HashMapBackend() = default;
 
-HashMapBackend::Table* HashMapBackend::FindTable(const std::string& table, int64_t dim, bool create) {
+HashMapBackend::Table* HashMapBackend::FindTable(const std::string& table, int64_t dim, bool create) const {
+  if (dim < 1) ThrowInvalidArgument("hash_map: dimension must be at least 1, got " + std::to_string(dim));
   {
     std::shared_lock<std::shared_mutex> lock(tables_mutex_);
     auto it = tables_.find(table);
@@ -50,95 +224,140 @@ HashMapBackend::Table* HashMapBackend::FindTable(const std::string& table, int64
   }
   std::unique_lock<std::shared_mutex> lock(tables_mutex_);
   auto& slot = tables_[table];
-  if (!slot) slot = std::make_unique<Table>(dim, num_partitions_);
+  if (!slot) {
+    const bool track_meta = config_.overflow_margin != UINT64_MAX && config_.overflow_policy != "evict_random";
+    slot = std::make_unique<Table>(dim, config_.num_partitions, track_meta, std::hash<std::string>()(table));
+  }
   return slot.get();
 }
 
-const HashMapBackend::Table* HashMapBackend::FindTable(const std::string& table) const {
-  std::shared_lock<std::shared_mutex> lock(tables_mutex_);
-  auto it = tables_.find(table);
-  return it == tables_.end() ? nullptr : it->second.get();
-}
-
-void HashMapBackend::Insert(const std::string& table, int64_t n, const int64_t* keys,
-                            const float* values, int64_t dim) {
+void HashMapBackend::Insert(const std::string& table, int64_t n, const int64_t* keys, const float* values,
+                            int64_t dim) {
+  if (n <= 0) return;
   Table* t = FindTable(table, dim, /*create=*/true);
-  const size_t row_bytes = dim * sizeof(float);
-  std::vector<uint32_t> partition_of(n);
-  for (int64_t i = 0; i < n; ++i) partition_of[i] = t->PartitionIndex(keys[i]);
-  // One pass per partition keeps each lock taken once per call.
-  for (size_t pi = 0; pi < t->partitions.size(); ++pi) {
-    Partition& p = t->partitions[pi];
-    std::unique_lock<std::shared_mutex> lock(p.mutex);
-    for (int64_t i = 0; i < n; ++i) {
-      if (partition_of[i] != pi) continue;
-      auto [it, inserted] = p.row_of_key.try_emplace(keys[i], static_cast<int64_t>(p.key_of_row.size()));
-      if (inserted) {
-        p.key_of_row.push_back(keys[i]);
-        p.values.resize(p.values.size() + dim);
+  PartitionGroups groups;
+  GroupByPartition(keys, n, config_.num_partitions, &groups);
+  const Policy policy = PolicyOf(config_.overflow_policy);
+  const uint64_t margin = config_.overflow_margin;
+  const int64_t keep =
+      static_cast<int64_t>(static_cast<double>(margin) * config_.overflow_resolution_target);
+  const uint32_t now = NowSeconds();
+  for (int64_t p = 0; p < config_.num_partitions; ++p) {
+    if (groups.begin[p] == groups.begin[p + 1]) continue;
+    Partition& part = *t->partitions[p];
+    std::unique_lock<std::shared_mutex> lock(part.mutex);
+    for (int64_t j = groups.begin[p]; j < groups.begin[p + 1]; ++j) {
+      const int64_t i = groups.order[j];
+      const uint64_t hash = groups.hash[i];
+      if (static_cast<uint64_t>(part.size()) >= margin && part.Find(keys[i], hash) < 0) {
+        // Full: make room before the new row goes in.
+        const int64_t victims = part.size() - std::max<int64_t>(0, std::min<int64_t>(keep, part.size() - 1));
+        std::vector<int64_t> doomed;
+        if (policy == Policy::kRandom) {
+          std::lock_guard<std::mutex> rng_lock(t->rng_mutex);
+          std::vector<int64_t> rows(part.size());
+          for (int64_t r = 0; r < part.size(); ++r) rows[r] = r;
+          for (int64_t v = 0; v < victims; ++v) {
+            std::swap(rows[v], rows[v + t->rng() % (rows.size() - v)]);
+            doomed.push_back(part.KeyAt(rows[v]));
+          }
+        } else {
+          std::vector<std::pair<uint32_t, int64_t>> by_meta(part.size());
+          for (int64_t r = 0; r < part.size(); ++r) by_meta[r] = {*part.Meta(r), r};
+          std::nth_element(by_meta.begin(), by_meta.begin() + (victims - 1), by_meta.end());
+          for (int64_t v = 0; v < victims; ++v) doomed.push_back(part.KeyAt(by_meta[v].second));
+        }
+        for (int64_t key : doomed) part.Erase(key, MixKey(static_cast<uint64_t>(key)));
+        if (policy == Policy::kLeastUsed) {
+          // Halve the survivors' counts so old popularity fades.
+          for (int64_t r = 0; r < part.size(); ++r) *part.Meta(r) >>= 1;
+        }
       }
-      std::memcpy(p.values.data() + it->second * dim, values + i * dim, row_bytes);
+      part.Upsert(keys[i], hash, values + i * dim, policy == Policy::kOldest ? now : 0);
     }
   }
 }
 
 int64_t HashMapBackend::Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values,
                               int64_t dim, std::vector<int64_t>* missing) {
-  Table* t = FindTable(table, dim, /*create=*/false);
+  Table* t = n > 0 ? FindTable(table, dim, /*create=*/false) : nullptr;
   if (t == nullptr) {
     for (int64_t i = 0; i < n; ++i) missing->push_back(i);
     return 0;
   }
+  PartitionGroups groups;
+  GroupByPartition(keys, n, config_.num_partitions, &groups);
+  const bool count_uses = config_.overflow_margin != UINT64_MAX && config_.overflow_policy == "evict_least_used";
+  const bool stamp_uses = config_.overflow_margin != UINT64_MAX && config_.overflow_policy == "evict_oldest";
+  const uint32_t now = stamp_uses ? NowSeconds() : 0;
   const size_t row_bytes = dim * sizeof(float);
-  int64_t found = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    Partition& p = t->PartitionOf(keys[i]);
-    std::shared_lock<std::shared_mutex> lock(p.mutex);
-    auto it = p.row_of_key.find(keys[i]);
-    if (it == p.row_of_key.end()) {
-      missing->push_back(i);
-    } else {
-      std::memcpy(values + i * dim, p.values.data() + it->second * dim, row_bytes);
-      ++found;
+  std::vector<char> found(n, 0);
+  int64_t hits = 0;
+  for (int64_t p = 0; p < config_.num_partitions; ++p) {
+    if (groups.begin[p] == groups.begin[p + 1]) continue;
+    Partition& part = *t->partitions[p];
+    std::shared_lock<std::shared_mutex> lock(part.mutex);
+    for (int64_t j = groups.begin[p]; j < groups.begin[p + 1]; ++j) {
+      const int64_t i = groups.order[j];
+      const int64_t row = part.Find(keys[i], groups.hash[i]);
+      if (row < 0) continue;
+      std::memcpy(values + i * dim, part.Values(row), row_bytes);
+      // Metadata writes race only with each other under the shared lock.
+      if (count_uses) __atomic_fetch_add(part.Meta(row), 1u, __ATOMIC_RELAXED);
+      if (stamp_uses) __atomic_store_n(part.Meta(row), now, __ATOMIC_RELAXED);
+      found[i] = 1;
+      ++hits;
     }
   }
-  return found;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!found[i]) missing->push_back(i);
+  }
+  return hits;
 }
 
 int64_t HashMapBackend::Size(const std::string& table) const {
-  const Table* t = FindTable(table);
-  if (t == nullptr) return 0;
+  std::shared_lock<std::shared_mutex> lock(tables_mutex_);
+  auto it = tables_.find(table);
+  if (it == tables_.end()) return 0;
   int64_t size = 0;
-  for (const Partition& p : t->partitions) {
-    std::shared_lock<std::shared_mutex> lock(p.mutex);
-    size += static_cast<int64_t>(p.row_of_key.size());
+  for (const auto& p : it->second->partitions) {
+    std::shared_lock<std::shared_mutex> part_lock(p->mutex);
+    size += p->size();
   }
   return size;
 }
 
+int64_t HashMapBackend::MemoryBytes(const std::string& table) const {
+  std::shared_lock<std::shared_mutex> lock(tables_mutex_);
+  auto it = tables_.find(table);
+  if (it == tables_.end()) return 0;
+  int64_t bytes = 0;
+  for (const auto& p : it->second->partitions) {
+    std::shared_lock<std::shared_mutex> part_lock(p->mutex);
+    bytes += p->MemoryBytes();
+  }
+  return bytes;
+}
+
 int64_t HashMapBackend::Evict(const std::string& table, int64_t n, const int64_t* keys) {
-  const Table* found = FindTable(table);
-  if (found == nullptr) return 0;
-  Table* t = const_cast<Table*>(found);
-  const int64_t dim = t->dim;
+  Table* t = nullptr;
+  {
+    std::shared_lock<std::shared_mutex> lock(tables_mutex_);
+    auto it = tables_.find(table);
+    if (it == tables_.end()) return 0;
+    t = it->second.get();
+  }
+  PartitionGroups groups;
+  GroupByPartition(keys, n, config_.num_partitions, &groups);
   int64_t evicted = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    Partition& p = t->PartitionOf(keys[i]);
-    std::unique_lock<std::shared_mutex> lock(p.mutex);
-    auto it = p.row_of_key.find(keys[i]);
-    if (it == p.row_of_key.end()) continue;
-    // Move the last row into the hole so rows stay packed.
-    const int64_t hole = it->second;
-    const int64_t last = static_cast<int64_t>(p.key_of_row.size()) - 1;
-    if (hole != last) {
-      std::memcpy(p.values.data() + hole * dim, p.values.data() + last * dim, dim * sizeof(float));
-      p.key_of_row[hole] = p.key_of_row[last];
-      p.row_of_key[p.key_of_row[hole]] = hole;
+  for (int64_t p = 0; p < config_.num_partitions; ++p) {
+    if (groups.begin[p] == groups.begin[p + 1]) continue;
+    Partition& part = *t->partitions[p];
+    std::unique_lock<std::shared_mutex> lock(part.mutex);
+    for (int64_t j = groups.begin[p]; j < groups.begin[p + 1]; ++j) {
+      const int64_t i = groups.order[j];
+      evicted += part.Erase(keys[i], groups.hash[i]);
     }
-    p.key_of_row.pop_back();
-    p.values.resize(last * dim);
-    p.row_of_key.erase(it);
-    ++evicted;
   }
   return evicted;
 }

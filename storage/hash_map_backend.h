@@ -1,15 +1,31 @@
-// The in-process volatile database: each table is split into
-// `num_partitions` partitions by a 64-bit mix of the key, so that lookups and
-// inserts on different partitions never contend. A partition is a hash map
-// from key to a row index into one packed float array (rows are stored back
-// to back, with no per-row padding).
+// The in-process volatile database: a partitioned hash map with packed rows.
+//
+// Each table is split into `num_partitions` partitions by PartitionOf(key)
+// (storage/layout.h), each guarded by its own reader-writer lock, so callers
+// working on different partitions never contend.
+//
+// A partition stores rows back to back in fixed-size pages (no per-row
+// padding, no reallocation of existing rows as it grows):
+//   row r: values[r] (dim floats), keys[r] (int64), meta[r] (uint32, only
+//          with an overflow margin: access count or last access time).
+// An open-addressing index (linear probing) maps keys to rows: each slot
+// holds a 4-byte row number, and a probe compares the key stored with the
+// row. Deleting a row moves the last row into its place (rows stay dense)
+// and uses backward-shift deletion in the index (no tombstones).
+//
+// Memory per row: dim*4 + 8 (key) + 4 / load (index, load 0.375..0.75)
+// (+ 4 with an overflow margin): at most about 1.15x the raw size at dim 16.
+//
+// Overflow: when a partition would exceed `overflow_margin` rows, rows are
+// evicted by `overflow_policy` until it holds margin * resolution_target:
+// evict_random (any rows), evict_least_used (fewest fetches since insert),
+// evict_oldest (least recent insert or fetch).
 #ifndef TF_HPS_STORAGE_HASH_MAP_BACKEND_H_
 #define TF_HPS_STORAGE_HASH_MAP_BACKEND_H_
 
 #include <map>
 #include <memory>
 #include <shared_mutex>
-#include <unordered_map>
 
 #include "core/config.h"
 #include "storage/backend.h"
@@ -31,17 +47,21 @@ class HashMapBackend : public DatabaseBackend {
   void EvictTable(const std::string& table) override;
   std::vector<std::string> ListTables() const override;
 
+  // Bytes allocated for the table's rows and index (for memory reports).
+  int64_t MemoryBytes(const std::string& table) const;
+
+  class Partition;  // defined in the .cc
+
  private:
-  struct Partition;
   struct Table;
 
-  // Returns the table, creating it if `create`; nullptr if absent.
-  Table* FindTable(const std::string& table, int64_t dim, bool create);
-  const Table* FindTable(const std::string& table) const;
+  // Returns the table, creating it if `create`; nullptr if absent. Throws if
+  // it exists with another dimension.
+  Table* FindTable(const std::string& table, int64_t dim, bool create) const;
 
-  const int64_t num_partitions_;
+  const VolatileDbConfig config_;
   mutable std::shared_mutex tables_mutex_;  // guards the map, not the tables
-  std::map<std::string, std::unique_ptr<Table>> tables_;
+  mutable std::map<std::string, std::unique_ptr<Table>> tables_;
 };
 
 }  // namespace tf_hps

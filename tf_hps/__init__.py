@@ -5,24 +5,38 @@ A drop-in successor to HugeCTR's HPS TensorFlow plugin::
     import tf_hps as hps   # instead of: import hierarchical_parameter_server as hps
     hps.Init(global_batch_size=1024, ps_config_file="ps_config.json")
     layer = hps.LookupLayer(model_name="foo", table_id=0, emb_vec_size=16, emb_vec_dtype=tf.float32)
+
+TensorFlow is imported on first use of an API that needs it, so the storage
+tools (``tf_hps.storage``, ``python -m tf_hps``) start quickly without it.
 """
 
-from tf_hps._ops import op_library_path
-from tf_hps.api import Init
-from tf_hps.config import PsConfig, load_config
-from tf_hps.layers import LookupLayer
-from tf_hps.tables import load_table, save_embedding_layer, save_table
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Init",
-    "LookupLayer",
-    "PsConfig",
-    "load_config",
-    "load_table",
-    "op_library_path",
-    "save_embedding_layer",
-    "save_table",
-    "__version__",
-]
+# Public name -> module that defines it.
+_EXPORTS = {
+    "Init": "tf_hps.api",
+    "LookupLayer": "tf_hps.layers",
+    "PsConfig": "tf_hps.config",
+    "load_config": "tf_hps.config",
+    "op_library_path": "tf_hps._ops",
+    "load_table": "tf_hps.tables",
+    "save_table": "tf_hps.tables",
+    "save_embedding_layer": "tf_hps.tables",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tf_hps' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
