@@ -13,6 +13,7 @@ HPS_CORE_SRCS = [
     "core/parameter_server.cc",
     "storage/factory.cc",
     "storage/hash_map_backend.cc",
+    "storage/rocksdb_backend.cc",
 ]
 
 HPS_CORE_HDRS = [
@@ -26,6 +27,7 @@ HPS_CORE_HDRS = [
     "storage/backend.h",
     "storage/factory.h",
     "storage/hash_map_backend.h",
+    "storage/rocksdb_backend.h",
     "storage/layout.h",
 ]
 

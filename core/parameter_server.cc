@@ -60,12 +60,12 @@ void SerialFor(int64_t total, int64_t, const std::function<void(int64_t, int64_t
 }
 
 ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::move(config)) {
-  volatile_db_ = MakeVolatileBackend(config_.volatile_db);
-  persistent_db_ = MakePersistentBackend(config_.persistent_db);
   if (config_.update_source.type != "null")
     ThrowUnimplemented("update_source.type '" + config_.update_source.type +
                        "' is not available in this build");
-  if (!volatile_db_)
+  volatile_db_ = MakeVolatileBackend(config_.volatile_db);
+  persistent_db_ = MakePersistentBackend(config_.persistent_db);
+  if (!volatile_db_ && !persistent_db_)
     ThrowInvalidArgument("config: volatile_db and persistent_db are both disabled, so no tier would hold "
                          "the table rows; enable volatile_db (e.g. {\"type\": \"hash_map\"})");
 
@@ -84,6 +84,13 @@ ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::mo
 
 ParameterServer::~ParameterServer() = default;
 
+std::string ParameterServer::TierNames() const {
+  std::string names;
+  if (volatile_db_) names += volatile_db_->name();
+  if (persistent_db_) names += std::string(names.empty() ? "" : " + ") + persistent_db_->name();
+  return names;
+}
+
 void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTable* table) {
   const auto start = std::chrono::steady_clock::now();
   table->model = model.model;
@@ -92,18 +99,43 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   table->dim = model.embedding_vecsize_per_table[t];
   table->default_value = static_cast<float>(model.default_value_for_each_table[t]);
 
-  const TableFolderInfo info = InspectTableFolder(model.sparse_files[t], table->dim);
-  table->num_rows = info.num_rows;
+  // Which tiers take the rows of the table files at start-up. A shared Redis
+  // with initialize_after_startup false, and a read-only RocksDB, are filled
+  // ahead of time (python -m tf_hps ingest) and only read here.
+  const bool fill_vdb = volatile_db_ && config_.volatile_db.initialize_after_startup;
+  const bool fill_pdb = persistent_db_ && !config_.persistent_db.read_only;
+  // With a PDB behind it, the VDB starts with the first initial_cache_rate of the rows.
+  const double vdb_share = persistent_db_ ? config_.volatile_db.initial_cache_rate : 1.0;
+
+  TableFolderInfo info;
+  if (fill_vdb || fill_pdb) {
+    info = InspectTableFolder(model.sparse_files[t], table->dim);
+    table->num_rows = info.num_rows;
+  } else {
+    DatabaseBackend* deepest = persistent_db_ ? persistent_db_.get() : volatile_db_.get();
+    table->num_rows = deepest->Size(table->tag);
+    if (table->num_rows == 0)
+      ThrowNotFound("table " + table->tag + " is not in the " + deepest->name() +
+                    ", and the config does not load it at start-up; ingest it first (python -m tf_hps ingest)");
+  }
   if (model.gpucache) {
     const bool whole_table = model.embedding_cache_type != "dynamic" && model.embedding_cache_type != "stochastic";
-    const int64_t rows = whole_table ? info.num_rows
-                                     : std::max<int64_t>(64, static_cast<int64_t>(std::ceil(model.gpucacheper *
-                                                                                            info.num_rows)));
+    const int64_t rows = whole_table ? table->num_rows
+                                     : std::max<int64_t>(64, static_cast<int64_t>(std::ceil(
+                                                                 model.gpucacheper * table->num_rows)));
     table->cache = std::make_unique<EmbeddingCache>(rows, table->dim);
   }
+  if (!fill_vdb && !fill_pdb) {
+    Log(LogLevel::kInfo, "table " + table->tag + ": " + std::to_string(table->num_rows) +
+                             " rows found in the " + TierNames() + " (not loaded from files)");
+    return;
+  }
+
   // Warm-up fills the cache with the first rows of the file, as HPS does.
   const bool warm = table->cache && model.init_ec && model.cache_refresh_percentage_per_iteration > 0;
   const uint64_t warm_stamp = table->cache ? table->cache->NextStamp() : 0;
+  const int64_t vdb_rows = static_cast<int64_t>(std::ceil(vdb_share * info.num_rows));
+  const int64_t report_every = std::max<int64_t>(info.num_rows / 10, 1 << 22);
   int64_t loaded = 0;
   std::vector<int64_t> keys32;
   ReadTableFolder(info, kLoadChunkRows, [&](const int64_t* keys, const float* vectors, int64_t n) {
@@ -121,16 +153,21 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
       }
       keys = keys32.data();
     }
-    volatile_db_->Insert(table->tag, n, keys, vectors, table->dim);
+    if (fill_pdb) persistent_db_->Insert(table->tag, n, keys, vectors, table->dim);
+    if (fill_vdb && loaded < vdb_rows)
+      volatile_db_->Insert(table->tag, std::min(n, vdb_rows - loaded), keys, vectors, table->dim);
     if (warm && loaded < table->cache->capacity()) {
       const int64_t take = std::min(n, table->cache->capacity() - loaded);
       table->cache->Replace(keys, take, vectors, warm_stamp);
     }
     loaded += n;
+    if (loaded % report_every < n && loaded < info.num_rows)
+      Log(LogLevel::kInfo, "table " + table->tag + ": loaded " + std::to_string(loaded) + " of " +
+                               std::to_string(info.num_rows) + " rows");
   });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   Log(LogLevel::kInfo, "table " + table->tag + ": " + std::to_string(info.num_rows) + " rows of dimension " +
-                           std::to_string(table->dim) + " loaded into the " + volatile_db_->name() + " in " +
+                           std::to_string(table->dim) + " loaded into the " + TierNames() + " in " +
                            std::to_string(seconds) + " s; L1: " +
                            (table->cache ? "CPU cache of " + std::to_string(table->cache->capacity()) + " rows"
                                          : std::string("none (gpucache is false)")));
@@ -183,16 +220,8 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
     std::vector<int64_t> miss_keys(m);
     for (int64_t j = 0; j < m; ++j) miss_keys[j] = unique.keys[missing[j]];
     std::vector<float> fetched(m * dim);
-    std::vector<char> found(m, 1);
-    parallel_for(m, 300 + dim, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> absent;
-      volatile_db_->Fetch(table.tag, end - begin, miss_keys.data() + begin, fetched.data() + begin * dim, dim,
-                          &absent);
-      for (int64_t j : absent) {
-        found[begin + j] = 0;
-        std::fill_n(fetched.data() + (begin + j) * dim, dim, table.default_value);
-      }
-    });
+    std::vector<char> found(m, 0);
+    FetchFromDatabases(table, miss_keys.data(), m, fetched.data(), &found, parallel_for);
     std::vector<int64_t> insert_keys;
     std::vector<float> insert_rows;
     for (int64_t j = 0; j < m; ++j) {
@@ -211,6 +240,56 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
   parallel_for(n, 10 + dim, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) std::memcpy(out + i * dim, rows.data() + unique.index[i] * dim, row_bytes);
   });
+}
+
+void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int64_t* keys, int64_t m,
+                                         float* rows, std::vector<char>* found,
+                                         const ParallelFor& parallel_for) const {
+  const int64_t dim = table.dim;
+  const size_t row_bytes = dim * sizeof(float);
+  std::vector<int64_t> pending(m);  // positions not found yet
+  std::iota(pending.begin(), pending.end(), 0);
+  std::mutex merge_mutex;
+  for (DatabaseBackend* tier : {volatile_db_.get(), persistent_db_.get()}) {
+    if (tier == nullptr || pending.empty()) continue;
+    const int64_t p = static_cast<int64_t>(pending.size());
+    std::vector<int64_t> tier_keys(p);
+    for (int64_t j = 0; j < p; ++j) tier_keys[j] = keys[pending[j]];
+    std::vector<float> tier_rows(p * dim);
+    std::vector<int64_t> still_missing;  // positions into pending
+    parallel_for(p, 300 + dim, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> absent;
+      tier->Fetch(table.tag, end - begin, tier_keys.data() + begin, tier_rows.data() + begin * dim, dim, &absent);
+      std::lock_guard<std::mutex> lock(merge_mutex);
+      for (int64_t j : absent) still_missing.push_back(begin + j);
+    });
+    std::sort(still_missing.begin(), still_missing.end());
+    // Copy the rows found, and remember which keys remain for the next tier.
+    std::vector<int64_t> next_pending;
+    std::vector<int64_t> found_keys;
+    std::vector<float> found_rows;
+    const bool write_back = tier == persistent_db_.get() && volatile_db_ && config_.volatile_db.cache_missed_embeddings;
+    size_t s = 0;
+    for (int64_t j = 0; j < p; ++j) {
+      if (s < still_missing.size() && still_missing[s] == j) {
+        ++s;
+        next_pending.push_back(pending[j]);
+        continue;
+      }
+      std::memcpy(rows + pending[j] * dim, tier_rows.data() + j * dim, row_bytes);
+      (*found)[pending[j]] = 1;
+      if (write_back) {
+        found_keys.push_back(tier_keys[j]);
+        found_rows.insert(found_rows.end(), tier_rows.data() + j * dim, tier_rows.data() + (j + 1) * dim);
+      }
+    }
+    // cache_missed_embeddings: rows only the PDB held move up into the VDB.
+    if (!found_keys.empty())
+      volatile_db_->Insert(table.tag, static_cast<int64_t>(found_keys.size()), found_keys.data(),
+                           found_rows.data(), dim);
+    pending.swap(next_pending);
+  }
+  for (int64_t j : pending) std::fill_n(rows + j * dim, dim, table.default_value);
 }
 
 // --- registry -------------------------------------------------------------------

@@ -4,8 +4,10 @@
 // Data path of one lookup (LookupSession in the docs):
 //   1. dedup: the batch's keys are reduced to unique keys, each looked up once;
 //   2. L1: the unique keys are queried in the table's embedding cache;
-//   3. misses go to the volatile database (VDB), and what is still missing
-//      gets the table's default value in every element;
+//   3. misses go to the volatile database (VDB), its misses to the
+//      persistent database (PDB), and what is still missing gets the table's
+//      default value in every element; with cache_missed_embeddings, rows
+//      only the PDB held are written into the VDB;
 //   4. rows found below L1 are inserted into the cache before returning, so
 //      every answer is exact and never depends on what the cache held;
 //   5. rows are scattered back to the caller's key order.
@@ -63,6 +65,14 @@ class ParameterServer {
 
  private:
   void LoadTable(const ModelConfig& model, int64_t table_id, EmbeddingTable* table);
+
+  // Looks keys (m) up in the VDB, then the PDB, writing rows (m, dim) and
+  // found[i] = 1 for each key some tier held; the others get the default.
+  void FetchFromDatabases(const EmbeddingTable& table, const int64_t* keys, int64_t m, float* rows,
+                          std::vector<char>* found, const ParallelFor& parallel_for) const;
+
+  // "hash_map + rocks_db", for logs.
+  std::string TierNames() const;
 
   ParameterServerConfig config_;
   std::unique_ptr<DatabaseBackend> volatile_db_;    // L2, may be null

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "storage/hash_map_backend.h"
+#include "storage/rocksdb_backend.h"
 
 namespace tf_hps {
 
@@ -14,6 +15,7 @@ std::unique_ptr<DatabaseBackend> MakeVolatileBackend(const VolatileDbConfig& con
 }
 
 std::unique_ptr<DatabaseBackend> MakePersistentBackend(const PersistentDbConfig& config) {
+  if (config.type == "rocks_db") return std::make_unique<RocksDbBackend>(config);
   if (config.type == "disabled") return nullptr;
   throw HpsError(ErrorCode::kUnimplemented,
                  "persistent_db.type '" + config.type + "' is not available in this build");
