@@ -1,0 +1,73 @@
+"""The lookup chain L1 -> VDB -> PDB -> default: exact answers whichever tier holds a row."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_hps as hps
+from tf_hps.storage import Storage, table_tag
+
+ROWS, DIM = 5000, 8
+
+
+def lookups_are_exact(layer, tables, rounds=20, seed=0):
+    dense = tables.dense("t0", 1.5, ROWS + 500)
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        ids = np.minimum(rng.zipf(1.1, size=(300,)), ROWS + 499)
+        np.testing.assert_array_equal(layer(tf.constant(ids)).numpy(), tf.nn.embedding_lookup(dense, ids).numpy())
+
+
+@pytest.mark.parametrize(
+    "volatile_db",
+    [
+        {"type": "disabled"},
+        {"type": "hash_map", "initial_cache_rate": 0.1},
+        {"type": "hash_map", "initial_cache_rate": 0.0, "cache_missed_embeddings": True},
+        {"type": "hash_map", "num_partitions": 2, "overflow_margin": 100, "cache_missed_embeddings": True},
+    ],
+    ids=["pdb-only", "vdb-10pct", "vdb-empty-writeback", "vdb-tiny-overflowing"],
+)
+def test_rocksdb_behind_any_vdb_gives_exact_rows(tables, tmp_path, volatile_db):
+    tables.table("t0", ROWS, DIM)
+    path = tables.config(dims=(DIM,), extra_model={"gpucacheper": 0.01},
+                         extra={"volatile_db": volatile_db,
+                                "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb")}})
+    lookups_are_exact(hps.LookupLayer("foo", 0, DIM, tf.float32, path), tables)
+
+
+def test_the_pdb_holds_every_row_after_start_up(tables, tmp_path):
+    tables.table("t0", ROWS, DIM)
+    path = tables.config(dims=(DIM,), extra={"persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb")}},
+                         name="writer.json")
+    hps.LookupLayer("foo", 0, DIM, tf.float32, path)(tf.constant([1]))  # loads the tables
+    with Storage("persistent_db", {"type": "rocks_db", "path": str(tmp_path / "rdb"), "read_only": True}) as db:
+        keys, vectors = tables.rows["t0"]
+        got, found = db.fetch(table_tag("foo", "sparse_embedding0"), keys, DIM)
+    assert found.all()
+    np.testing.assert_array_equal(got, vectors)
+
+
+def test_a_read_only_pdb_ingested_ahead_serves_without_table_files(tables, tmp_path):
+    folder = tables.table("t0", ROWS, DIM)
+    keys, vectors = tables.rows["t0"]
+    with Storage("persistent_db", {"type": "rocks_db", "path": str(tmp_path / "rdb")}) as db:
+        db.insert(table_tag("foo", "sparse_embedding0"), keys, vectors)
+    import shutil
+
+    shutil.rmtree(folder)  # serving nodes need no model files
+    path = tables.config(dims=(DIM,), extra={
+        "volatile_db": {"type": "hash_map", "initialize_after_startup": False, "cache_missed_embeddings": True},
+        "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb"), "read_only": True}})
+    lookups_are_exact(hps.LookupLayer("foo", 0, DIM, tf.float32, path), tables)
+
+
+def test_a_table_missing_from_a_read_only_pdb_is_an_error(tables, tmp_path):
+    tables.table("t0", 10, DIM)
+    with Storage("persistent_db", {"type": "rocks_db", "path": str(tmp_path / "rdb")}) as db:
+        db.insert("hps_et.other.table", [1], np.ones((1, DIM), np.float32))
+    path = tables.config(dims=(DIM,), extra={
+        "volatile_db": {"type": "disabled"},
+        "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb"), "read_only": True}})
+    with pytest.raises(tf.errors.NotFoundError, match="hps_et.foo.sparse_embedding0 is not in the rocks_db"):
+        hps.Init(global_batch_size=1, ps_config_file=path)
