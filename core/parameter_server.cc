@@ -137,22 +137,8 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   const int64_t vdb_rows = static_cast<int64_t>(std::ceil(vdb_share * info.num_rows));
   const int64_t report_every = std::max<int64_t>(info.num_rows / 10, 1 << 22);
   int64_t loaded = 0;
-  std::vector<int64_t> keys32;
-  ReadTableFolder(info, kLoadChunkRows, [&](const int64_t* keys, const float* vectors, int64_t n) {
-    if (!config_.supportlonglong) {
-      // 32-bit models: file keys in [2^31, 2^32) are the unsigned spelling of
-      // negative int32 keys, which is how TensorFlow int32 keys reach HPS.
-      keys32.resize(n);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t k = keys[i];
-        if (k < INT32_MIN || k > static_cast<int64_t>(UINT32_MAX))
-          ThrowInvalidArgument("table file '" + info.key_path + "': key " + std::to_string(k) + " at row " +
-                               std::to_string(loaded + i) +
-                               " does not fit 32 bits, but supportlonglong is false");
-        keys32[i] = static_cast<int32_t>(static_cast<uint32_t>(k));
-      }
-      keys = keys32.data();
-    }
+  ReadTableFolder(info, kLoadChunkRows, !config_.supportlonglong, [&](const int64_t* keys, const float* vectors,
+                                                                     int64_t n) {
     if (fill_pdb) persistent_db_->Insert(table->tag, n, keys, vectors, table->dim);
     if (fill_vdb && loaded < vdb_rows)
       volatile_db_->Insert(table->tag, std::min(n, vdb_rows - loaded), keys, vectors, table->dim);

@@ -71,7 +71,8 @@ TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim) {
   return info;
 }
 
-void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, const TableChunkFn& on_chunk) {
+void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, bool keys_are_32_bit,
+                     const TableChunkFn& on_chunk) {
   File keys_file = Open(info.key_path);
   File vectors_file = Open(info.vector_path);
   std::vector<int64_t> keys;
@@ -82,6 +83,15 @@ void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, const Tabl
     vectors.resize(n * info.dim);
     ReadExactly(keys_file.get(), keys.data(), n * sizeof(int64_t), info.key_path);
     ReadExactly(vectors_file.get(), vectors.data(), n * info.dim * sizeof(float), info.vector_path);
+    if (keys_are_32_bit) {
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = keys[i];
+        if (k < INT32_MIN || k > static_cast<int64_t>(UINT32_MAX))
+          ThrowInvalidArgument("table file '" + info.key_path + "': key " + std::to_string(k) + " at row " +
+                               std::to_string(done + i) + " does not fit 32 bits, but supportlonglong is false");
+        keys[i] = static_cast<int32_t>(static_cast<uint32_t>(k));
+      }
+    }
     on_chunk(keys.data(), vectors.data(), n);
     done += n;
   }

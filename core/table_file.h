@@ -25,8 +25,14 @@ TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim);
 
 // Calls on_chunk(keys (n), vectors (n, dim), n) for consecutive chunks of at
 // most `chunk_rows` rows, in file order. Host memory only.
+//
+// With `keys_are_32_bit` (a config with supportlonglong false), file keys
+// must fit 32 bits: those in [2^31, 2^32) are the unsigned spelling of
+// negative int32 keys (how TensorFlow int32 keys reach HPS) and are passed
+// on as those negative values; others outside int32 throw.
 using TableChunkFn = std::function<void(const int64_t* keys, const float* vectors, int64_t n)>;
-void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, const TableChunkFn& on_chunk);
+void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, bool keys_are_32_bit,
+                     const TableChunkFn& on_chunk);
 
 }  // namespace tf_hps
 

@@ -8,6 +8,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/table_file.h"
 #include "storage/factory.h"
 
 struct HpsStorage {
@@ -15,6 +16,8 @@ struct HpsStorage {
 };
 
 namespace {
+
+constexpr int64_t kChunkRows = 1 << 16;
 
 void CopyMessage(const std::string& message, char* err, size_t err_len) {
   if (err == nullptr || err_len == 0) return;
@@ -110,6 +113,65 @@ int64_t hps_storage_list_tables(HpsStorage* storage, char* out, size_t out_len, 
   return Guarded(err, err_len, [&]() -> int64_t {
     std::string text;
     for (const std::string& t : Backend(storage).ListTables()) text += t + "\n";
+    if (out != nullptr && out_len > text.size()) std::memcpy(out, text.c_str(), text.size() + 1);
+    return static_cast<int64_t>(text.size() + 1);
+  });
+}
+
+int64_t hps_storage_ingest(HpsStorage* storage, const char* table, const char* folder, int64_t dim,
+                           int keys_are_32_bit, hps_progress_fn progress, void* user, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    tf_hps::DatabaseBackend& backend = Backend(storage);
+    const tf_hps::TableFolderInfo info = tf_hps::InspectTableFolder(folder, dim);
+    int64_t done = 0;
+    tf_hps::ReadTableFolder(info, kChunkRows, keys_are_32_bit != 0,
+                            [&](const int64_t* keys, const float* values, int64_t n) {
+                              backend.Insert(table, n, keys, values, dim);
+                              done += n;
+                              if (progress) progress(done, info.num_rows, user);
+                            });
+    return done;
+  });
+}
+
+int64_t hps_storage_verify(HpsStorage* storage, const char* table, const char* folder, int64_t dim,
+                           int keys_are_32_bit, int64_t* missing, int64_t* mismatched, hps_progress_fn progress,
+                           void* user, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    tf_hps::DatabaseBackend& backend = Backend(storage);
+    const tf_hps::TableFolderInfo info = tf_hps::InspectTableFolder(folder, dim);
+    int64_t done = 0;
+    *missing = 0;
+    *mismatched = 0;
+    std::vector<float> stored;
+    std::vector<int64_t> absent;
+    tf_hps::ReadTableFolder(info, kChunkRows, keys_are_32_bit != 0,
+                            [&](const int64_t* keys, const float* values, int64_t n) {
+                              stored.assign(n * dim, 0.0f);
+                              absent.clear();
+                              backend.Fetch(table, n, keys, stored.data(), dim, &absent);
+                              *missing += static_cast<int64_t>(absent.size());
+                              size_t a = 0;
+                              for (int64_t i = 0; i < n; ++i) {
+                                if (a < absent.size() && absent[a] == i) {
+                                  ++a;
+                                  continue;
+                                }
+                                if (std::memcmp(&stored[i * dim], values + i * dim, dim * sizeof(float)) != 0)
+                                  ++*mismatched;
+                              }
+                              done += n;
+                              if (progress) progress(done, info.num_rows, user);
+                            });
+    return done;
+  });
+}
+
+int64_t hps_config_load(const char* path, char* out, size_t out_len, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    std::vector<std::string> warnings;
+    const std::string text = tf_hps::ToCanonicalJson(tf_hps::LoadConfigFile(path ? path : "", &warnings));
+    for (const auto& w : warnings) tf_hps::Log(tf_hps::LogLevel::kWarning, w);
     if (out != nullptr && out_len > text.size()) std::memcpy(out, text.c_str(), text.size() + 1);
     return static_cast<int64_t>(text.size() + 1);
   });

@@ -36,6 +36,26 @@ int64_t hps_storage_drop_table(HpsStorage* storage, const char* table, char* err
  * (call again with a larger buffer if that is more than out_len). */
 int64_t hps_storage_list_tables(HpsStorage* storage, char* out, size_t out_len, char* err, size_t err_len);
 
+/* Progress of a long call: rows done of rows total. */
+typedef void (*hps_progress_fn)(int64_t done, int64_t total, void* user);
+
+/* Loads an HPS table folder (key, emb_vector) into `table`, in chunks.
+ * keys_are_32_bit: the config's supportlonglong is false. Returns the rows loaded. */
+int64_t hps_storage_ingest(HpsStorage* storage, const char* table, const char* folder, int64_t dim,
+                           int keys_are_32_bit, hps_progress_fn progress, void* user, char* err, size_t err_len);
+
+/* Compares `table` with an HPS table folder row by row: counts the file's keys
+ * the table lacks (*missing) and rows that differ in any bit (*mismatched).
+ * Returns the rows checked. */
+int64_t hps_storage_verify(HpsStorage* storage, const char* table, const char* folder, int64_t dim,
+                           int keys_are_32_bit, int64_t* missing, int64_t* mismatched, hps_progress_fn progress,
+                           void* user, char* err, size_t err_len);
+
+/* Parses an HPS config file and writes its canonical JSON (every key,
+ * defaults filled in, absolute paths) into out; unknown keys are logged as
+ * warnings. Returns the bytes needed, as hps_storage_list_tables does. */
+int64_t hps_config_load(const char* path, char* out, size_t out_len, char* err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -142,8 +142,8 @@ def test_canonical_config_parses_back_to_itself_without_warnings(tmp_path):
 
 def test_backends_not_in_this_build_fail_loudly_at_init(simple):
     tables, _ = simple
-    path = tables.config(extra={"volatile_db": {"type": "redis_cluster"}}, name="redis.json")
-    with pytest.raises(tf.errors.UnimplementedError, match="volatile_db.type 'redis_cluster' is not available"):
+    path = tables.config(extra={"volatile_db": {"type": "multi_process_hash_map"}}, name="mp.json")
+    with pytest.raises(tf.errors.UnimplementedError, match="volatile_db.type 'multi_process_hash_map' is not"):
         hps.Init(global_batch_size=1, ps_config_file=path)
 
 

@@ -71,7 +71,33 @@ def _lib():
     lib.hps_storage_drop_table.argtypes = [p, cp, cp, sz]
     lib.hps_storage_list_tables.restype = i64
     lib.hps_storage_list_tables.argtypes = [p, cp, sz, cp, sz]
+    lib.hps_config_load.restype = i64
+    lib.hps_config_load.argtypes = [cp, cp, sz, cp, sz]
     return lib
+
+
+def _read_string(fn, *args) -> str:
+    """Calls a C function that fills a string buffer and returns the size it needs."""
+    size = 1 << 16
+    while True:
+        out = ctypes.create_string_buffer(size)
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        needed = fn(*args, out, size, err, _ERR_LEN)
+        if needed < 0:
+            _raise(-1 - needed, err)
+        if needed <= size:
+            return out.value.decode()
+        size = needed
+
+
+def canonical_config(ps_config_file: str | os.PathLike) -> dict:
+    """Parses an HPS config with the C++ parser (no TensorFlow needed); returns its canonical form.
+
+    Unknown keys are logged as warnings on stderr; errors raise ValueError or
+    FileNotFoundError naming the JSON path.
+    """
+    path = os.path.abspath(os.fspath(ps_config_file))
+    return json.loads(_read_string(_lib().hps_config_load, path.encode()))
 
 
 class Storage:
@@ -153,13 +179,10 @@ class Storage:
 
     def tables(self) -> list[str]:
         """Tags of the stored tables, sorted."""
-        size = 4096
-        while True:
-            out = ctypes.create_string_buffer(size)
-            needed = self._call(_lib().hps_storage_list_tables, out, size)
-            if needed <= size:
-                return [t for t in out.value.decode().split("\n") if t]
-            size = needed
+        if not self._handle:
+            raise RuntimeError("storage is closed")
+        text = _read_string(_lib().hps_storage_list_tables, self._handle)
+        return [t for t in text.split("\n") if t]
 
 
 def table_tag(model: str, table: str) -> str:
