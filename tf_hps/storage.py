@@ -37,6 +37,16 @@ _ERRORS = [
 ]
 
 
+# void progress(int64 done, int64 total, void* user)
+_PROGRESS = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+
+
+def _progress_callback(progress):
+    if progress is None:
+        return ctypes.cast(None, _PROGRESS)
+    return _PROGRESS(lambda done, total, _user: progress(done, total))
+
+
 class StorageError(Exception):
     """Base of the errors a storage call raises; also an instance of the matching builtin."""
 
@@ -71,6 +81,11 @@ def _lib():
     lib.hps_storage_drop_table.argtypes = [p, cp, cp, sz]
     lib.hps_storage_list_tables.restype = i64
     lib.hps_storage_list_tables.argtypes = [p, cp, sz, cp, sz]
+    lib.hps_storage_ingest.restype = i64
+    lib.hps_storage_ingest.argtypes = [p, cp, cp, i64, ctypes.c_int, _PROGRESS, p, cp, sz]
+    lib.hps_storage_verify.restype = i64
+    lib.hps_storage_verify.argtypes = [p, cp, cp, i64, ctypes.c_int, ctypes.POINTER(i64), ctypes.POINTER(i64),
+                                       _PROGRESS, p, cp, sz]
     lib.hps_config_load.restype = i64
     lib.hps_config_load.argtypes = [cp, cp, sz, cp, sz]
     return lib
@@ -176,6 +191,26 @@ class Storage:
     def drop(self, table: str) -> None:
         """Deletes the whole table."""
         self._call(_lib().hps_storage_drop_table, table.encode())
+
+    def ingest(self, table: str, folder: str | os.PathLike, dim: int, keys_are_32_bit: bool = False,
+               progress=None) -> int:
+        """Loads an HPS table folder into ``table`` in chunks; returns the rows loaded.
+
+        ``progress(done, total)`` is called after each chunk. ``keys_are_32_bit``
+        applies the rule of configs with ``supportlonglong: false``.
+        """
+        callback = _progress_callback(progress)
+        return self._call(_lib().hps_storage_ingest, table.encode(), os.fspath(folder).encode(), dim,
+                          int(keys_are_32_bit), callback, None)
+
+    def verify(self, table: str, folder: str | os.PathLike, dim: int, keys_are_32_bit: bool = False,
+               progress=None) -> tuple[int, int, int]:
+        """Compares ``table`` with an HPS table folder: returns (rows checked, missing, mismatched)."""
+        missing, mismatched = ctypes.c_int64(0), ctypes.c_int64(0)
+        callback = _progress_callback(progress)
+        rows = self._call(_lib().hps_storage_verify, table.encode(), os.fspath(folder).encode(), dim,
+                          int(keys_are_32_bit), ctypes.byref(missing), ctypes.byref(mismatched), callback, None)
+        return rows, missing.value, mismatched.value
 
     def tables(self) -> list[str]:
         """Tags of the stored tables, sorted."""
