@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the op library with Bazel, offline, and copies it to
-# build/bazel/_tf_hps_ops.so. Bazel's state lives in build/bazel-root, so
+# Builds the op library and the storage library with Bazel, offline, and
+# copies them to build/bazel/. Bazel's state lives in build/bazel-root, so
 # `rm -rf build` (or `bazel clean --expunge`) starts from scratch.
 #
 # Usage: scripts/bazel_build.sh [extra bazel build args / targets]
@@ -21,11 +21,13 @@ mkdir -p build/bazel build/bazel-root
 bazel --output_user_root="$ROOT/build/bazel-root" build \
     --repo_env=PYTHON_BIN_PATH="$PYTHON" \
     --action_env=PYTHON_BIN_PATH="$PYTHON" \
-    //:_tf_hps_ops.so "$@"
+    //:_tf_hps_ops.so //:_tf_hps_storage.so "$@"
 
 # Replace rather than overwrite: Bazel's outputs are read-only.
-install -m 0755 build/bazel-bin/_tf_hps_ops.so build/bazel/_tf_hps_ops.so
-echo "bazel_build.sh: wrote build/bazel/_tf_hps_ops.so"
+for lib in _tf_hps_ops.so _tf_hps_storage.so; do
+    install -m 0755 "build/bazel-bin/$lib" "build/bazel/$lib"
+done
+echo "bazel_build.sh: wrote build/bazel/_tf_hps_ops.so and build/bazel/_tf_hps_storage.so"
 
 # In CI nothing builds again: stop the server rather than leave it idling.
 if [[ -n "${CI:-}" ]]; then

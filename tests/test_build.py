@@ -47,3 +47,28 @@ def test_bazel_and_make_libraries_give_identical_lookups(tables, tmp_path):
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0][5:261], tables.rows["t0"][1])
     assert (results[0][:5] == 0.25).all() and (results[0][261:] == 0.25).all()
+
+
+STORAGE = """
+import ctypes, sys, numpy as np
+lib = ctypes.CDLL(sys.argv[1])
+lib.hps_storage_open.restype = ctypes.c_void_p
+err = ctypes.create_string_buffer(512)
+db = lib.hps_storage_open(b"volatile_db", b'{"type": "hash_map"}', None, err, 512)
+assert db, err.value
+keys = np.arange(4, dtype=np.int64); values = np.arange(8, dtype=np.float32).reshape(4, 2)
+out = np.zeros((5, 2), np.float32); found = np.zeros(5, np.uint8); probe = np.arange(5, dtype=np.int64)
+assert lib.hps_storage_insert(ctypes.c_void_p(db), b"t", ctypes.c_int64(4), keys.ctypes.data_as(ctypes.c_void_p),
+    values.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(2), err, ctypes.c_size_t(512)) == 4, err.value
+lib.hps_storage_fetch.restype = ctypes.c_int64
+hits = lib.hps_storage_fetch(ctypes.c_void_p(db), b"t", ctypes.c_int64(5), probe.ctypes.data_as(ctypes.c_void_p),
+    out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(2), found.ctypes.data_as(ctypes.c_void_p), err, ctypes.c_size_t(512))
+assert hits == 4 and found.tolist() == [1, 1, 1, 1, 0] and (out[:4] == values).all(), (hits, found, out)
+print("ok")
+"""
+
+
+def test_bazel_and_make_storage_libraries_both_serve_the_c_abi():
+    for lib in (os.path.join(ROOT, "tf_hps", "_tf_hps_storage.so"),
+                os.path.join(ROOT, "build", "bazel", "_tf_hps_storage.so")):
+        assert run_python(STORAGE, lib).stdout.strip() == "ok"
