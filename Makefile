@@ -29,7 +29,7 @@ $(BUILD)/.system.stamp: scripts/bootstrap.sh
 	@scripts/bootstrap.sh system
 	@mkdir -p $(BUILD) && touch $@
 
-.venv/.requirements.stamp: requirements.txt requirements-dev.txt scripts/bootstrap.sh | $(BUILD)/.system.stamp
+.venv/.requirements.stamp: requirements.txt requirements-dev.txt pyproject.toml scripts/bootstrap.sh | $(BUILD)/.system.stamp
 	@scripts/bootstrap.sh venv
 
 setup: $(BUILD)/.system.stamp .venv/.requirements.stamp

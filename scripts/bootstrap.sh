@@ -31,6 +31,8 @@ venv() {
   if [ ! -f "$stamp" ] || ! cmp -s "$stamp" <(cat requirements.txt requirements-dev.txt); then
     echo "bootstrap: installing Python packages into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+    # The package itself, editable: `import tf_hps` and the tf-hps command work from anywhere.
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
     cat requirements.txt requirements-dev.txt > "$stamp"
   fi
 }

@@ -1,0 +1,73 @@
+"""LookupLayer vs tf.nn.embedding_lookup on a dense tf.Variable holding the same table.
+
+    python benchmarks/lookup_vs_tf.py [--rows 200000] [--dim 128] [--alpha 1.2] [--repeats 30]
+
+Keys are power-law distributed (rank ~ zipf(alpha)), as recommendation
+traffic is. Prints a Markdown table of median lookups/s per batch size and the
+ratio LookupLayer / tf.nn.embedding_lookup, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import tf_hps as hps
+
+
+def median_rate(fn, ids, repeats):
+    fn(ids)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(ids).numpy()
+        times.append(time.perf_counter() - start)
+    return ids.shape.num_elements() / float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--alpha", type=float, default=1.2)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batches", default="1024,16384,65536")
+    parser.add_argument("--gpucacheper", type=float, default=0.2)
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="tf_hps_bench_")
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((args.rows, args.dim)).astype(np.float32)
+    hps.save_table(os.path.join(work, "t0"), np.arange(args.rows), table)
+    config = os.path.join(work, "ps.json")
+    with open(config, "w") as f:
+        json.dump({"supportlonglong": True, "models": [{
+            "model": "bench", "sparse_files": ["t0"], "embedding_vecsize_per_table": [args.dim],
+            "maxnum_catfeature_query_per_table_per_sample": [1], "default_value_for_each_table": [0.0],
+            "deployed_device_list": [0], "gpucacheper": args.gpucacheper}]}, f)
+    layer = hps.LookupLayer("bench", 0, args.dim, tf.float32, config)
+    dense = tf.Variable(table)
+    hps_fn = tf.function(lambda k: layer(k))
+    tf_fn = tf.function(lambda k: tf.nn.embedding_lookup(dense, k))
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; TF {tf.__version__}")
+    print(f"table {args.rows} x {args.dim}, keys zipf({args.alpha}), L1 {args.gpucacheper:.0%}, "
+          f"median of {args.repeats}\n")
+    print("| keys per call | LookupLayer (M keys/s) | tf.nn.embedding_lookup (M keys/s) | ratio |")
+    print("|---:|---:|---:|---:|")
+    for batch in (int(b) for b in args.batches.split(",")):
+        ids = tf.constant((rng.zipf(args.alpha, size=batch) - 1) % args.rows, tf.int64)
+        ours = median_rate(hps_fn, ids, args.repeats)
+        theirs = median_rate(tf_fn, ids, args.repeats)
+        print(f"| {batch} | {ours / 1e6:.1f} | {theirs / 1e6:.1f} | {ours / theirs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
