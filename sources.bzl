@@ -13,6 +13,8 @@ HPS_CORE_SRCS = [
     "core/parameter_server.cc",
     "storage/factory.cc",
     "storage/hash_map_backend.cc",
+    "storage/redis_client.cc",
+    "storage/redis_cluster_backend.cc",
     "storage/rocksdb_backend.cc",
 ]
 
@@ -29,6 +31,8 @@ HPS_CORE_HDRS = [
     "storage/hash_map_backend.h",
     "storage/rocksdb_backend.h",
     "storage/layout.h",
+    "storage/redis_client.h",
+    "storage/redis_cluster_backend.h",
 ]
 
 # Libraries the core links against (Debian packages).

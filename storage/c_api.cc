@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/table_file.h"
 #include "storage/factory.h"
+#include "storage/redis_client.h"
 
 struct HpsStorage {
   std::unique_ptr<tf_hps::DatabaseBackend> backend;
@@ -166,6 +167,8 @@ int64_t hps_storage_verify(HpsStorage* storage, const char* table, const char* f
     return done;
   });
 }
+
+int hps_redis_key_slot(const char* key, size_t len) { return tf_hps::RedisKeySlot(std::string_view(key, len)); }
 
 int64_t hps_config_load(const char* path, char* out, size_t out_len, char* err, size_t err_len) {
   return Guarded(err, err_len, [&]() -> int64_t {

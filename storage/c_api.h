@@ -51,6 +51,10 @@ int64_t hps_storage_verify(HpsStorage* storage, const char* table, const char* f
                            int keys_are_32_bit, int64_t* missing, int64_t* mismatched, hps_progress_fn progress,
                            void* user, char* err, size_t err_len);
 
+/* The Redis Cluster slot (0..16383) of a key: CRC16 of its hash tag, or of
+ * the whole key when it has none. */
+int hps_redis_key_slot(const char* key, size_t len);
+
 /* Parses an HPS config file and writes its canonical JSON (every key,
  * defaults filled in, absolute paths) into out; unknown keys are logged as
  * warnings. Returns the bytes needed, as hps_storage_list_tables does. */

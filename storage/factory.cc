@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "storage/hash_map_backend.h"
+#include "storage/redis_cluster_backend.h"
 #include "storage/rocksdb_backend.h"
 
 namespace tf_hps {
@@ -9,6 +10,7 @@ namespace tf_hps {
 std::unique_ptr<DatabaseBackend> MakeVolatileBackend(const VolatileDbConfig& config) {
   if (config.type == "hash_map" || config.type == "parallel_hash_map")
     return std::make_unique<HashMapBackend>(config);
+  if (config.type == "redis_cluster") return std::make_unique<RedisClusterBackend>(config);
   if (config.type == "disabled") return nullptr;
   throw HpsError(ErrorCode::kUnimplemented,
                  "volatile_db.type '" + config.type + "' is not available in this build");

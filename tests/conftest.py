@@ -15,6 +15,9 @@ sys.path.insert(0, ROOT)
 
 import tf_hps as hps  # noqa: E402
 
+# Real Redis servers (standalone, 3-node cluster), started once per session.
+pytest_plugins = ["redis_servers"]
+
 
 class Tables:
     """Writes table folders and configs under one tmp dir; remembers the rows."""

@@ -71,3 +71,57 @@ def test_a_table_missing_from_a_read_only_pdb_is_an_error(tables, tmp_path):
         "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb"), "read_only": True}})
     with pytest.raises(tf.errors.NotFoundError, match="hps_et.foo.sparse_embedding0 is not in the rocks_db"):
         hps.Init(global_batch_size=1, ps_config_file=path)
+
+
+def redis_vdb(server, **extra):
+    return {"type": "redis_cluster", "address": server.address, "num_partitions": 6, **extra}
+
+
+@pytest.mark.parametrize("deployment", ["redis_standalone", "redis_cluster"])
+def test_redis_vdb_serves_exact_rows(tables, request, deployment):
+    server = request.getfixturevalue(deployment)
+    tables.table("t0", ROWS, DIM)
+    model = f"m_{deployment}"  # tables of other tests share the server
+    path = tables.config(dims=(DIM,), model=model, extra_model={"gpucacheper": 0.01},
+                         extra={"volatile_db": redis_vdb(server)})
+    lookups_are_exact(hps.LookupLayer(model, 0, DIM, tf.float32, path), tables)
+    # The rows live where docs/storage.md says: one hash per partition.
+    lengths = sum(server.client.hlen(f"hps_et{{hps_et.{model}.sparse_embedding0/p{p}}}v") for p in range(6))
+    assert lengths == ROWS
+
+
+def test_rows_only_rocksdb_held_are_written_back_into_redis(tables, tmp_path, redis_cluster):
+    tables.table("t0", ROWS, DIM)
+    model = "writeback"
+    path = tables.config(dims=(DIM,), model=model, extra_model={"gpucache": False}, extra={
+        "volatile_db": redis_vdb(redis_cluster, initial_cache_rate=0.0, cache_missed_embeddings=True),
+        "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb")}})
+    layer = hps.LookupLayer(model, 0, DIM, tf.float32, path)
+    with Storage("volatile_db", redis_vdb(redis_cluster)) as redis_db:
+        tag = table_tag(model, "sparse_embedding0")
+        assert redis_db.size(tag) == 0  # initial_cache_rate 0: Redis starts empty
+        ids = np.array([3, 17, 4999, 6000])
+        layer(tf.constant(ids))
+        got, found = redis_db.fetch(tag, ids, DIM)
+    assert found.tolist() == [True, True, True, False]  # unknown keys are not written back
+    np.testing.assert_array_equal(got[:3], tables.rows["t0"][1][ids[:3]])
+
+
+def test_cli_ingest_fills_redis_for_nodes_that_load_nothing(tables, tmp_path, redis_cluster):
+    import subprocess
+    import sys
+
+    folder = tables.table("t0", ROWS, DIM)
+    model = "ingested"
+    vdb = redis_vdb(redis_cluster, initialize_after_startup=False)
+    path = tables.config(dims=(DIM,), model=model, extra={"volatile_db": vdb})
+    out = subprocess.run([sys.executable, "-m", "tf_hps", "ingest", f"--config={path}"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([sys.executable, "-m", "tf_hps", "verify", f"--config={path}"], capture_output=True,
+                         text=True, timeout=120)
+    assert f"redis_cluster hps_et.{model}.sparse_embedding0: OK: {ROWS} rows checked" in out.stdout
+    import shutil
+
+    shutil.rmtree(folder)
+    lookups_are_exact(hps.LookupLayer(model, 0, DIM, tf.float32, path), tables)

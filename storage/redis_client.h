@@ -1,0 +1,142 @@
+// A small Redis Cluster client on libhiredis 0.14 (synchronous contexts,
+// binary-safe pipelining): slot routing, topology discovery, MOVED/ASK
+// redirections and a connection pool per node. A standalone server (cluster
+// support disabled) works too: it owns every slot.
+//
+// Used by the redis_cluster volatile database (storage/redis_cluster_backend.h);
+// it knows nothing about tables or the key layout.
+#ifndef TF_HPS_STORAGE_REDIS_CLIENT_H_
+#define TF_HPS_STORAGE_REDIS_CLIENT_H_
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+struct redisContext;
+struct redisReply;
+
+namespace tf_hps {
+
+// Number of hash slots of a Redis Cluster.
+inline constexpr int kRedisSlotCount = 16384;
+
+// CRC16-XMODEM (polynomial 0x1021, initial value 0) of `data`, the checksum
+// Redis Cluster hashes keys with.
+uint16_t RedisCrc16(std::string_view data);
+
+// The cluster slot of a key: CRC16 of its hash tag (the text between the first
+// '{' and the next '}', if not empty), else of the whole key, mod 16384.
+int RedisKeySlot(std::string_view key);
+
+// One command: its arguments, stored back to back in one buffer (binary safe).
+// By convention args[1] is the key that routes it.
+class RedisCommand {
+ public:
+  RedisCommand() = default;
+  explicit RedisCommand(std::string_view name) { Add(name); }
+
+  RedisCommand& Add(std::string_view arg);
+  RedisCommand& Add(int64_t value);
+  // Reserves room for `args` more arguments of about `bytes` bytes in total.
+  void Reserve(size_t args, size_t bytes);
+
+  size_t argc() const { return ends_.size(); }
+  std::string_view arg(size_t i) const;
+  // The routing key (args[1]); empty for a command without a key.
+  std::string_view key() const { return argc() > 1 ? arg(1) : std::string_view(); }
+
+ private:
+  std::string buffer_;
+  std::vector<size_t> ends_;  // end offset of each argument in buffer_
+};
+
+struct RedisReplyDeleter {
+  void operator()(redisReply* reply) const;
+};
+using RedisReplyPtr = std::unique_ptr<redisReply, RedisReplyDeleter>;
+
+// Text of an error or status reply ("" for other types).
+std::string_view RedisReplyText(const redisReply& reply);
+bool RedisReplyIsError(const redisReply& reply);
+
+struct RedisClientOptions {
+  std::vector<std::string> seeds;  // "host:port" each; tried in order
+  std::string user_name = "default";
+  std::string password;            // empty: no AUTH
+  int64_t connections_per_node = 5;
+  int64_t connect_timeout_ms = 1000;
+  int64_t command_timeout_ms = 5000;
+};
+
+// Parses "host:port[,host:port...]" (spaces ignored, port 6379 if omitted).
+// Throws HpsError(kInvalidArgument) on a malformed entry.
+std::vector<std::string> ParseRedisSeeds(const std::string& address);
+
+class RedisNode;
+
+// Routes commands to the cluster's masters. Thread-safe: concurrent callers
+// use different pooled connections.
+class RedisClusterClient {
+ public:
+  // Connects to the first seed that answers and reads the slot map. Throws
+  // HpsError: kUnavailable if no seed answers in time (naming every seed
+  // tried), kInvalidArgument if authentication fails.
+  explicit RedisClusterClient(RedisClientOptions options);
+  ~RedisClusterClient();
+
+  RedisClusterClient(const RedisClusterClient&) = delete;
+  RedisClusterClient& operator=(const RedisClusterClient&) = delete;
+
+  // Sends each command to the master of its key's slot, all nodes' commands
+  // pipelined before any reply is read, and returns the replies in command
+  // order. Follows MOVED (refreshing the slot map) and ASK redirections up
+  // to a fixed number of rounds. Error replies other than redirections are
+  // returned as they are. Throws HpsError(kUnavailable) when a node cannot be
+  // reached (after one reconnection) or does not answer within the timeout.
+  std::vector<RedisReplyPtr> Execute(const std::vector<RedisCommand>& commands);
+
+  // Runs commands on one node, pipelined, with no routing (e.g. SCAN).
+  std::vector<RedisReplyPtr> ExecuteOn(const std::string& node_address,
+                                       const std::vector<RedisCommand>& commands);
+
+  // Addresses of the nodes that own slots (the masters), sorted.
+  std::vector<std::string> Masters() const;
+
+  // False for a standalone server (cluster support disabled).
+  bool is_cluster() const;
+
+  // Re-reads the slot map from any known node. Throws like the constructor.
+  void RefreshTopology();
+
+ private:
+  struct Routed;
+
+  RedisNode* NodeAt(const std::string& address);
+  RedisNode* NodeOfSlot(int slot) const;
+  // Reads CLUSTER SLOTS from `node`; false (with *error) if it cannot.
+  bool LoadSlotsFrom(RedisNode* node, std::string* error);
+  // Sends one round of routed commands; fills replies.
+  void RunRound(const std::vector<const RedisCommand*>& commands, const std::vector<Routed>& routed,
+                std::vector<RedisReplyPtr>* replies);
+
+  const RedisClientOptions options_;
+
+  mutable std::mutex nodes_mutex_;  // guards nodes_ (nodes are never removed)
+  std::map<std::string, std::unique_ptr<RedisNode>> nodes_;
+
+  std::mutex refresh_mutex_;  // one topology refresh at a time
+  mutable std::shared_mutex slots_mutex_;
+  std::vector<RedisNode*> slot_owner_;  // (16384), nullptr for an unserved slot
+  bool is_cluster_ = true;
+};
+
+}  // namespace tf_hps
+
+#endif  // TF_HPS_STORAGE_REDIS_CLIENT_H_

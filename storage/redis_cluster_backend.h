@@ -1,0 +1,61 @@
+// The Redis volatile database (`volatile_db.type: "redis_cluster"`): tables
+// live in a Redis Cluster, or in one standalone Redis server, shared by every
+// process that points at it. Each table is split into `num_partitions`
+// partitions, each partition being one Redis hash of rows plus one hash of
+// access metadata (storage/layout.h; documented in docs/storage.md).
+#ifndef TF_HPS_STORAGE_REDIS_CLUSTER_BACKEND_H_
+#define TF_HPS_STORAGE_REDIS_CLUSTER_BACKEND_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "storage/backend.h"
+#include "storage/redis_client.h"
+
+namespace tf_hps {
+
+class RedisClusterBackend : public DatabaseBackend {
+ public:
+  // Connects to the first server of `config.address` that answers and reads
+  // the cluster's slot map. Throws HpsError: kUnavailable if no server
+  // answers, kInvalidArgument for a bad address or rejected credentials,
+  // kUnimplemented if TLS is asked for.
+  explicit RedisClusterBackend(const VolatileDbConfig& config);
+  ~RedisClusterBackend() override;
+
+  const char* name() const override { return "redis_cluster"; }
+  void Insert(const std::string& table, int64_t n, const int64_t* keys, const float* values,
+              int64_t dim) override;
+  int64_t Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
+                std::vector<int64_t>* missing) override;
+  int64_t Size(const std::string& table) const override;
+  int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) override;
+  void EvictTable(const std::string& table) override;
+  std::vector<std::string> ListTables() const override;
+
+ private:
+  enum class Policy { kRandom, kLeastUsed, kOldest };
+  static Policy ParsePolicy(const std::string& name);  // canonical config names
+
+  // Indices of keys (n) per partition, in input order: (num_partitions).
+  std::vector<std::vector<int64_t>> GroupByPartition(int64_t n, const int64_t* keys) const;
+  // Records fetch hits (key indices per partition) in the metadata hashes.
+  void TouchMetadata(const std::string& table, const std::vector<std::vector<int64_t>>& hits,
+                     const int64_t* keys);
+  // Evicts rows of partition `p` by policy until it holds at most the target.
+  void ResolveOverflow(const std::string& table, int64_t p, int64_t rows);
+
+  const int64_t num_partitions_;
+  const int64_t max_batch_size_;
+  const uint64_t overflow_margin_;   // UINT64_MAX: no limit
+  const int64_t overflow_target_;    // rows a partition is brought down to
+  const Policy policy_;
+  const bool track_metadata_;        // a limit with a least_used/oldest policy
+  std::unique_ptr<RedisClusterClient> client_;  // thread-safe
+};
+
+}  // namespace tf_hps
+
+#endif  // TF_HPS_STORAGE_REDIS_CLUSTER_BACKEND_H_
