@@ -23,11 +23,13 @@ import sys
 import tempfile
 import time
 
-import keras
-import numpy as np
-import tensorflow as tf
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up notices out of the demo
 
-import tf_hps as hps
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_hps as hps  # noqa: E402
 
 _SERVE_SCRIPT = """
 import sys, numpy as np, tensorflow as tf
