@@ -181,6 +181,9 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
   UniqueKeys unique;
   Dedup(keys, n, &unique);
   const int64_t u = static_cast<int64_t>(unique.keys.size());
+  table.stats.lookups.fetch_add(1, std::memory_order_relaxed);
+  table.stats.keys.fetch_add(n, std::memory_order_relaxed);
+  table.stats.unique_keys.fetch_add(u, std::memory_order_relaxed);
   std::vector<float> rows(u * dim);  // (u, dim): the row of each unique key
   std::mutex merge_mutex;
 
@@ -195,6 +198,7 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
       for (int64_t i : local) missing.push_back(begin + i);
     });
     std::sort(missing.begin(), missing.end());
+    table.stats.l1_hits.fetch_add(u - static_cast<int64_t>(missing.size()), std::memory_order_relaxed);
   } else {
     missing.resize(u);
     std::iota(missing.begin(), missing.end(), 0);
@@ -238,23 +242,41 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
   std::mutex merge_mutex;
   for (DatabaseBackend* tier : {volatile_db_.get(), persistent_db_.get()}) {
     if (tier == nullptr || pending.empty()) continue;
+    const bool is_vdb = tier == volatile_db_.get();
+    if (is_vdb && !volatile_health_.ShouldTry()) {
+      table.stats.vdb_skipped.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
     const int64_t p = static_cast<int64_t>(pending.size());
     std::vector<int64_t> tier_keys(p);
     for (int64_t j = 0; j < p; ++j) tier_keys[j] = keys[pending[j]];
     std::vector<float> tier_rows(p * dim);
     std::vector<int64_t> still_missing;  // positions into pending
-    parallel_for(p, 300 + dim, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> absent;
-      tier->Fetch(table.tag, end - begin, tier_keys.data() + begin, tier_rows.data() + begin * dim, dim, &absent);
-      std::lock_guard<std::mutex> lock(merge_mutex);
-      for (int64_t j : absent) still_missing.push_back(begin + j);
-    });
+    try {
+      parallel_for(p, 300 + dim, [&](int64_t begin, int64_t end) {
+        std::vector<int64_t> absent;
+        tier->Fetch(table.tag, end - begin, tier_keys.data() + begin, tier_rows.data() + begin * dim, dim,
+                    &absent);
+        std::lock_guard<std::mutex> lock(merge_mutex);
+        for (int64_t j : absent) still_missing.push_back(begin + j);
+      });
+    } catch (const HpsError& e) {
+      // A shared VDB that fails is passed over: the PDB (or the default) answers.
+      if (!is_vdb || e.code() != ErrorCode::kUnavailable) throw;
+      table.stats.vdb_errors.fetch_add(1, std::memory_order_relaxed);
+      volatile_health_.RecordFailure(e.what());
+      continue;
+    }
+    if (is_vdb) volatile_health_.RecordSuccess();
     std::sort(still_missing.begin(), still_missing.end());
+    (is_vdb ? table.stats.vdb_hits : table.stats.pdb_hits)
+        .fetch_add(p - static_cast<int64_t>(still_missing.size()), std::memory_order_relaxed);
     // Copy the rows found, and remember which keys remain for the next tier.
     std::vector<int64_t> next_pending;
     std::vector<int64_t> found_keys;
     std::vector<float> found_rows;
-    const bool write_back = tier == persistent_db_.get() && volatile_db_ && config_.volatile_db.cache_missed_embeddings;
+    const bool write_back = !is_vdb && volatile_db_ && config_.volatile_db.cache_missed_embeddings &&
+                            volatile_health_.ShouldTry();
     size_t s = 0;
     for (int64_t j = 0; j < p; ++j) {
       if (s < still_missing.size() && still_missing[s] == j) {
@@ -270,12 +292,61 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
       }
     }
     // cache_missed_embeddings: rows only the PDB held move up into the VDB.
-    if (!found_keys.empty())
-      volatile_db_->Insert(table.tag, static_cast<int64_t>(found_keys.size()), found_keys.data(),
-                           found_rows.data(), dim);
+    if (!found_keys.empty()) {
+      try {
+        volatile_db_->Insert(table.tag, static_cast<int64_t>(found_keys.size()), found_keys.data(),
+                             found_rows.data(), dim);
+      } catch (const HpsError& e) {
+        if (e.code() != ErrorCode::kUnavailable) throw;
+        table.stats.vdb_errors.fetch_add(1, std::memory_order_relaxed);
+        volatile_health_.RecordFailure(e.what());
+      }
+    }
     pending.swap(next_pending);
   }
+  table.stats.defaults.fetch_add(static_cast<int64_t>(pending.size()), std::memory_order_relaxed);
   for (int64_t j : pending) std::fill_n(rows + j * dim, dim, table.default_value);
+}
+
+std::string ParameterServer::StatsJson() const {
+  std::string json;
+  for (const auto& [model, tables] : tables_) {
+    for (const auto& t : tables) {
+      const TableStats& c = t->stats;
+      auto field = [](const char* name, const std::atomic<int64_t>& v) {
+        return std::string("\"") + name + "\": " + std::to_string(v.load(std::memory_order_relaxed));
+      };
+      json += (json.empty() ? "" : ", ") + ("\"" + t->tag + "\": {") + field("lookups", c.lookups) + ", " +
+              field("keys", c.keys) + ", " + field("unique_keys", c.unique_keys) + ", " +
+              field("l1_hits", c.l1_hits) + ", " + field("vdb_hits", c.vdb_hits) + ", " +
+              field("pdb_hits", c.pdb_hits) + ", " + field("defaults", c.defaults) + ", " +
+              field("vdb_errors", c.vdb_errors) + ", " + field("vdb_skipped", c.vdb_skipped) + "}";
+    }
+  }
+  return "{" + json + "}";
+}
+
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+bool TierHealth::ShouldTry() const { return NowNs() >= retry_after_ns_.load(std::memory_order_relaxed); }
+
+void TierHealth::RecordFailure(const std::string& what) {
+  retry_after_ns_.store(NowNs() + kBackoffNs, std::memory_order_relaxed);
+  if (!down_.exchange(true))
+    Log(LogLevel::kWarning, name_ + " is unavailable; lookups go to the next tier, retrying every " +
+                                std::to_string(kBackoffNs / 1'000'000) + " ms: " + what);
+}
+
+void TierHealth::RecordSuccess() {
+  if (down_.load(std::memory_order_relaxed) && down_.exchange(false))
+    Log(LogLevel::kInfo, name_ + " answers again");
 }
 
 // --- registry -------------------------------------------------------------------
@@ -314,6 +385,13 @@ std::shared_ptr<const ParameterServer> ParameterServerRegistry::Find(const std::
     throw HpsError(ErrorCode::kFailedPrecondition,
                    "parameter server '" + handle + "' is not initialised in this process");
   return it->second;
+}
+
+std::vector<std::shared_ptr<const ParameterServer>> ParameterServerRegistry::All() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<std::shared_ptr<const ParameterServer>> servers;
+  for (const auto& [handle, server] : by_handle_) servers.push_back(server);
+  return servers;
 }
 
 int64_t ParameterServerRegistry::num_created() const {

@@ -15,6 +15,7 @@
 #ifndef TF_HPS_CORE_PARAMETER_SERVER_H_
 #define TF_HPS_CORE_PARAMETER_SERVER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -38,6 +39,38 @@ using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
 // Runs the work inline on the calling thread.
 void SerialFor(int64_t total, int64_t cost_per_unit, const std::function<void(int64_t, int64_t)>& work);
 
+// Counters of one table, updated by every lookup (relaxed atomics).
+struct TableStats {
+  std::atomic<int64_t> lookups{0};      // calls
+  std::atomic<int64_t> keys{0};         // keys asked for, duplicates included
+  std::atomic<int64_t> unique_keys{0};  // after dedup
+  std::atomic<int64_t> l1_hits{0};
+  std::atomic<int64_t> vdb_hits{0};
+  std::atomic<int64_t> pdb_hits{0};
+  std::atomic<int64_t> defaults{0};     // keys no tier held
+  std::atomic<int64_t> vdb_errors{0};   // VDB calls that failed (server down, timeout)
+  std::atomic<int64_t> vdb_skipped{0};  // VDB calls skipped while it was marked down
+};
+
+// Tracks whether a shared database answers. After a failure the tier is
+// skipped for a back-off period, so lookups go on from the next tier at full
+// speed instead of each waiting for a timeout; the first call after the
+// back-off tries it again.
+class TierHealth {
+ public:
+  explicit TierHealth(std::string name) : name_(std::move(name)) {}
+  // False while backing off after a failure.
+  bool ShouldTry() const;
+  void RecordFailure(const std::string& what);
+  void RecordSuccess();
+
+ private:
+  static constexpr int64_t kBackoffNs = 1'000'000'000;
+  const std::string name_;
+  std::atomic<int64_t> retry_after_ns_{0};
+  std::atomic<bool> down_{false};
+};
+
 struct EmbeddingTable {
   std::string model;
   std::string name;
@@ -46,6 +79,7 @@ struct EmbeddingTable {
   float default_value = 0.0f;
   int64_t num_rows = 0;                   // rows loaded from the table files
   std::unique_ptr<EmbeddingCache> cache;  // null when gpucache is false
+  mutable TableStats stats;
 };
 
 class ParameterServer {
@@ -58,6 +92,9 @@ class ParameterServer {
 
   // The table, or throws HpsError(kInvalidArgument) naming what is wrong.
   const EmbeddingTable& FindTable(const std::string& model, int64_t table_id) const;
+
+  // Counters of every table as JSON: {"<tag>": {"lookups": ..., ...}, ...}.
+  std::string StatsJson() const;
 
   // keys: (n) host; out: (n, table.dim) host. Thread-safe.
   void Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
@@ -76,6 +113,7 @@ class ParameterServer {
 
   ParameterServerConfig config_;
   std::unique_ptr<DatabaseBackend> volatile_db_;    // L2, may be null
+  mutable TierHealth volatile_health_{"volatile_db"};
   std::unique_ptr<DatabaseBackend> persistent_db_;  // L3, may be null
   std::map<std::string, std::vector<std::unique_ptr<EmbeddingTable>>> tables_;  // by model
 };
@@ -97,6 +135,9 @@ class ParameterServerRegistry {
 
   // How many servers were created so far (for tests of once-only init).
   int64_t num_created() const;
+
+  // Every server created so far.
+  std::vector<std::shared_ptr<const ParameterServer>> All() const;
 
  private:
   struct Entry {

@@ -178,6 +178,20 @@ class LookupOp : public OpKernel {
   const EmbeddingTable* table_ = nullptr;
 };
 
+class StatsOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const auto servers = ParameterServerRegistry::Global().All();
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({static_cast<int64_t>(servers.size())}), &out));
+    auto flat = out->flat<tensorflow::tstring>();
+    for (size_t i = 0; i < servers.size(); ++i) flat(i) = servers[i]->StatsJson();
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("TfHpsStats").Device(::tensorflow::DEVICE_CPU), StatsOp);
 REGISTER_KERNEL_BUILDER(Name("TfHpsParseConfig").Device(::tensorflow::DEVICE_CPU), ParseConfigOp);
 REGISTER_KERNEL_BUILDER(Name("TfHpsInit").Device(::tensorflow::DEVICE_CPU), InitOp);
 REGISTER_KERNEL_BUILDER(

@@ -68,4 +68,17 @@ keys: int32 or int64 keys, any shape.
 embeddings: float32, keys.shape + [emb_vec_size].
 )doc");
 
+REGISTER_OP("TfHpsStats")
+    .Output("stats: string")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->Vector(InferenceContext::kUnknownDim));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Counters of every table of every parameter server in this process.
+
+stats: one JSON object per parameter server, {"<table tag>": {"lookups": n, ...}}.
+)doc");
+
 }  // namespace tf_hps

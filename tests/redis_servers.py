@@ -62,8 +62,9 @@ def free_port(cluster_bus: bool = False) -> int:
 class RedisServer:
     """One ``redis-server`` process; ``stop()`` kills it and waits for it."""
 
-    def __init__(self, root: str, *extra: str, cluster: bool = False, password: str | None = None):
-        self.port = free_port(cluster_bus=cluster)
+    def __init__(self, root: str, *extra: str, cluster: bool = False, password: str | None = None,
+                 port: int | None = None):
+        self.port = port or free_port(cluster_bus=cluster)
         self.dir = os.path.join(root, f"redis-{self.port}")
         os.makedirs(self.dir, exist_ok=True)
         self.password = password

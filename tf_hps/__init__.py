@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # Public name -> module that defines it.
 _EXPORTS = {
     "Init": "tf_hps.api",
+    "stats": "tf_hps.api",
     "LookupLayer": "tf_hps.layers",
     "PsConfig": "tf_hps.config",
     "load_config": "tf_hps.config",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import tensorflow as tf
@@ -34,6 +35,29 @@ def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> 
         ops().tf_hps_init(ps_config=config.canonical_json, global_batch_size=global_batch_size)
     _default = config
     return "OK"
+
+
+def stats() -> dict[str, dict[str, int]]:
+    """Counters of every table served in this process, by table tag (``hps_et.<model>.<table>``).
+
+    Each holds ``lookups`` (calls), ``keys``, ``unique_keys``, ``l1_hits``,
+    ``vdb_hits``, ``pdb_hits``, ``defaults`` (keys no tier held), ``vdb_errors``
+    (failed calls to a shared VDB) and ``vdb_skipped`` (calls that passed over
+    it while it was down).
+
+    Example:
+        >>> hps.stats()["hps_et.foo.sparse_embedding0"]["l1_hits"]  # doctest: +SKIP
+        1234
+    """
+    totals: dict[str, dict[str, int]] = {}
+    with tf.device("/CPU:0"):
+        per_server = ops().tf_hps_stats().numpy()
+    for text in per_server:
+        for tag, counters in json.loads(text.decode()).items():
+            table = totals.setdefault(tag, dict.fromkeys(counters, 0))
+            for name, value in counters.items():
+                table[name] += value
+    return totals
 
 
 def default_config() -> PsConfig | None:
