@@ -10,38 +10,13 @@
 #include "core/key_hash.h"
 #include "core/log.h"
 #include "core/table_file.h"
+#include "core/unique_keys.h"
 #include "storage/factory.h"
 
 namespace tf_hps {
 namespace {
 
 constexpr int64_t kLoadChunkRows = 1 << 16;
-
-// The unique keys of a batch, and for each input position the index of its
-// key among them. Open addressing over a power-of-two table, load <= 0.5.
-struct UniqueKeys {
-  std::vector<int64_t> keys;   // (u)
-  std::vector<int64_t> index;  // (n), values in [0, u)
-};
-
-void Dedup(const int64_t* keys, int64_t n, UniqueKeys* out) {
-  size_t capacity = 16;
-  while (capacity < static_cast<size_t>(2 * n)) capacity <<= 1;
-  const size_t mask = capacity - 1;
-  std::vector<int64_t> slot(capacity, -1);
-  out->keys.clear();
-  out->keys.reserve(n);
-  out->index.resize(n);
-  for (int64_t i = 0; i < n; ++i) {
-    size_t h = MixKey(static_cast<uint64_t>(keys[i])) & mask;
-    while (slot[h] >= 0 && out->keys[slot[h]] != keys[i]) h = (h + 1) & mask;
-    if (slot[h] < 0) {
-      slot[h] = static_cast<int64_t>(out->keys.size());
-      out->keys.push_back(keys[i]);
-    }
-    out->index[i] = slot[h];
-  }
-}
 
 std::string JoinInts(const std::vector<int64_t>& values) {
   std::string s;

@@ -89,7 +89,10 @@ int64_t hps_storage_fetch(HpsStorage* storage, const char* table, int64_t n, con
     std::vector<int64_t> missing;
     const int64_t hits = Backend(storage).Fetch(table, n, keys, values, dim, &missing);
     std::memset(found, 1, n);
-    for (int64_t i : missing) found[i] = 0;
+    for (int64_t i : missing) {
+      found[i] = 0;
+      std::memset(values + i * dim, 0, dim * sizeof(float));
+    }
     return hits;
   });
 }

@@ -25,7 +25,8 @@ void hps_storage_close(HpsStorage* storage);
 
 int64_t hps_storage_insert(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
                            const float* values, int64_t dim, char* err, size_t err_len);
-/* found: (n) bytes set to 1 for each key found, whose row is written to values. Returns the count found. */
+/* found: (n) bytes set to 1 for each key found, whose row is written to values; rows of keys not found
+ * are zeroed. Returns the count found. */
 int64_t hps_storage_fetch(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys, float* values,
                           int64_t dim, uint8_t* found, char* err, size_t err_len);
 int64_t hps_storage_size(HpsStorage* storage, const char* table, char* err, size_t err_len);

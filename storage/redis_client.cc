@@ -353,7 +353,8 @@ bool SendItems(redisContext* context, const std::vector<Item>& items) {
 }
 
 // Reads one reply per item (discarding ASKING's); false on an I/O error.
-bool ReceiveItems(redisContext* context, const std::vector<Item>& items, std::vector<RedisReplyPtr>* replies) {
+bool ReceiveItems(redisContext* context, const std::vector<Item>& items, std::vector<RedisReplyPtr>* replies,
+                  const RedisClusterClient::ReplyConsumer* consume) {
   for (const Item& item : items) {
     void* raw = nullptr;
     if (item.asking) {
@@ -361,7 +362,13 @@ bool ReceiveItems(redisContext* context, const std::vector<Item>& items, std::ve
       freeReplyObject(raw);
     }
     if (redisGetReply(context, &raw) != REDIS_OK) return false;
-    (*replies)[item.index].reset(static_cast<redisReply*>(raw));
+    RedisReplyPtr reply(static_cast<redisReply*>(raw));
+    if (consume != nullptr && !RedisReplyIsError(*reply)) {
+      (*replies)[item.index].reset();  // drop an earlier round's redirection
+      (*consume)(item.index, *reply);  // freed on leaving this scope
+    } else {
+      (*replies)[item.index] = std::move(reply);
+    }
   }
   return true;
 }
@@ -374,11 +381,11 @@ std::string FailureText(const redisContext* context, int64_t timeout_ms) {
 
 // Resends the items on a fresh connection after a failure; throws if that fails too.
 void RetryOnFreshConnection(Lease* lease, const std::vector<Item>& items, std::vector<RedisReplyPtr>* replies,
-                            const RedisClientOptions& options) {
+                            const RedisClientOptions& options, const RedisClusterClient::ReplyConsumer* consume) {
   lease->set_clean(false);
   lease->Reset();
   redisContext* context = lease->context();
-  if (!SendItems(context, items) || !ReceiveItems(context, items, replies))
+  if (!SendItems(context, items) || !ReceiveItems(context, items, replies, consume))
     ThrowUnavailable(lease->node()->address(), FailureText(context, options.command_timeout_ms));
   lease->set_clean(true);
 }
@@ -502,7 +509,8 @@ bool RedisClusterClient::LoadSlotsFrom(RedisNode* node, std::string* error) {
 }
 
 void RedisClusterClient::RunRound(const std::vector<const RedisCommand*>& commands,
-                                  const std::vector<Routed>& routed, std::vector<RedisReplyPtr>* replies) {
+                                  const std::vector<Routed>& routed, std::vector<RedisReplyPtr>* replies,
+                                  const ReplyConsumer* consume) {
   // Group by node, in address order (the order connections are taken in).
   std::map<std::string, std::pair<RedisNode*, std::vector<Item>>> groups;
   for (const Routed& r : routed) {
@@ -527,18 +535,19 @@ void RedisClusterClient::RunRound(const std::vector<const RedisCommand*>& comman
   for (auto& [address, group] : groups) {
     Lease& lease = leases[g];
     redisContext* context = lease.context();
-    if (sent[g] && ReceiveItems(context, group.second, replies)) {
+    if (sent[g] && ReceiveItems(context, group.second, replies, consume)) {
       lease.set_clean(true);
     } else if (IsTimeout(context)) {
       ThrowUnavailable(address, FailureText(context, options_.command_timeout_ms));
     } else {
-      RetryOnFreshConnection(&lease, group.second, replies, options_);
+      RetryOnFreshConnection(&lease, group.second, replies, options_, consume);
     }
     ++g;
   }
 }
 
-std::vector<RedisReplyPtr> RedisClusterClient::Execute(const std::vector<RedisCommand>& commands) {
+std::vector<RedisReplyPtr> RedisClusterClient::Execute(const std::vector<RedisCommand>& commands,
+                                                       const ReplyConsumer* consume) {
   std::vector<RedisReplyPtr> replies(commands.size());
   if (commands.empty()) return replies;
   std::vector<const RedisCommand*> pointers(commands.size());
@@ -570,12 +579,13 @@ std::vector<RedisReplyPtr> RedisClusterClient::Execute(const std::vector<RedisCo
 
   std::string last_redirect;
   for (int round = 0; round < kMaxRounds; ++round) {
-    RunRound(pointers, routed, &replies);
+    RunRound(pointers, routed, &replies, consume);
 
     std::vector<Routed> next;
     bool moved = false;
     bool busy = false;
     for (const Routed& r : routed) {
+      if (!replies[r.index]) continue;  // handed to `consume`
       const redisReply& reply = *replies[r.index];
       if (!RedisReplyIsError(reply)) continue;
       const std::string_view text = RedisReplyText(reply);
@@ -619,12 +629,12 @@ std::vector<RedisReplyPtr> RedisClusterClient::ExecuteOn(const std::string& node
   Lease lease(NodeAt(node_address));
   lease.set_clean(false);
   redisContext* context = lease.context();
-  if (SendItems(context, items) && ReceiveItems(context, items, &replies)) {
+  if (SendItems(context, items) && ReceiveItems(context, items, &replies, nullptr)) {
     lease.set_clean(true);
   } else if (IsTimeout(context)) {
     ThrowUnavailable(node_address, FailureText(context, options_.command_timeout_ms));
   } else {
-    RetryOnFreshConnection(&lease, items, &replies, options_);
+    RetryOnFreshConnection(&lease, items, &replies, options_, nullptr);
   }
   return replies;
 }

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -100,7 +101,15 @@ class RedisClusterClient {
   // to a fixed number of rounds. Error replies other than redirections are
   // returned as they are. Throws HpsError(kUnavailable) when a node cannot be
   // reached (after one reconnection) or does not answer within the timeout.
-  std::vector<RedisReplyPtr> Execute(const std::vector<RedisCommand>& commands);
+  //
+  // With `consume`, each reply that is not an error is handed to it as soon
+  // as it is read (consume(command index, reply)) and freed right after, and
+  // its place in the result stays null: large answers are then processed
+  // without holding every reply in memory at once. A command may be handed
+  // over twice if its connection broke and the round was resent.
+  using ReplyConsumer = std::function<void(size_t index, const redisReply& reply)>;
+  std::vector<RedisReplyPtr> Execute(const std::vector<RedisCommand>& commands,
+                                     const ReplyConsumer* consume = nullptr);
 
   // Runs commands on one node, pipelined, with no routing (e.g. SCAN).
   std::vector<RedisReplyPtr> ExecuteOn(const std::string& node_address,
@@ -124,7 +133,7 @@ class RedisClusterClient {
   bool LoadSlotsFrom(RedisNode* node, std::string* error);
   // Sends one round of routed commands; fills replies.
   void RunRound(const std::vector<const RedisCommand*>& commands, const std::vector<Routed>& routed,
-                std::vector<RedisReplyPtr>* replies);
+                std::vector<RedisReplyPtr>* replies, const ReplyConsumer* consume);
 
   const RedisClientOptions options_;
 

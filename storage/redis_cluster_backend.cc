@@ -38,6 +38,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/unique_keys.h"
 #include "storage/layout.h"
 
 namespace tf_hps {
@@ -223,6 +224,16 @@ int64_t RedisClusterBackend::Fetch(const std::string& table, int64_t n, const in
                                    int64_t dim, std::vector<int64_t>* missing) {
   CheckTable(table);
   CheckDim(dim);
+  // Each distinct key costs a lookup on the server, so duplicates are asked for once.
+  return FetchEachKeyOnce(n, keys, values, dim, missing,
+                          [&](int64_t u, const int64_t* unique_keys, float* rows, std::vector<int64_t>* absent) {
+                            return FetchDistinct(table, u, unique_keys, rows, dim, absent);
+                          });
+}
+
+int64_t RedisClusterBackend::FetchDistinct(const std::string& table, int64_t n, const int64_t* keys,
+                                           float* values, int64_t dim, std::vector<int64_t>* missing) {
+  CheckDim(dim);
   CheckCount(n);
   if (n == 0) return 0;
   const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
@@ -248,13 +259,11 @@ int64_t RedisClusterBackend::Fetch(const std::string& table, int64_t n, const in
       batches.push_back(Batch{p, begin, end});
     }
   }
-  const std::vector<RedisReplyPtr> replies = client_->Execute(commands);
-
+  // Rows are copied out of each reply as it arrives, and the reply freed.
   std::vector<uint8_t> found(n, 0);
   std::vector<std::vector<int64_t>> hits(track_metadata_ ? num_partitions_ : 0);
   int64_t num_found = 0;
-  for (size_t b = 0; b < batches.size(); ++b) {
-    const redisReply& reply = Checked(replies[b], commands[b]);
+  const RedisClusterClient::ReplyConsumer copy_rows = [&](size_t b, const redisReply& reply) {
     const Batch& batch = batches[b];
     if (reply.type != REDIS_REPLY_ARRAY || reply.elements != batch.end - batch.begin)
       throw HpsError(ErrorCode::kInternal,
@@ -268,11 +277,16 @@ int64_t RedisClusterBackend::Fetch(const std::string& table, int64_t n, const in
                              "), but dimension " + std::to_string(dim) + " (" + std::to_string(row_bytes) +
                              " bytes) was asked for");
       const int64_t i = groups[batch.partition][j];
+      if (found[i]) continue;  // handed over again after a resend
       std::memcpy(values + i * dim, element.str, row_bytes);
       found[i] = 1;
       ++num_found;
       if (track_metadata_) hits[batch.partition].push_back(i);
     }
+  };
+  const std::vector<RedisReplyPtr> errors = client_->Execute(commands, &copy_rows);
+  for (size_t b = 0; b < errors.size(); ++b) {
+    if (errors[b]) Checked(errors[b], commands[b]);  // throws, naming the command
   }
   for (int64_t i = 0; i < n; ++i)
     if (!found[i]) missing->push_back(i);

@@ -36,6 +36,10 @@ class RedisClusterBackend : public DatabaseBackend {
   std::vector<std::string> ListTables() const override;
 
  private:
+  // Fetch of keys known to be distinct.
+  int64_t FetchDistinct(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
+                        std::vector<int64_t>* missing);
+
   enum class Policy { kRandom, kLeastUsed, kOldest };
   static Policy ParsePolicy(const std::string& name);  // canonical config names
 

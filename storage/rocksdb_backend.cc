@@ -49,6 +49,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/unique_keys.h"
 #include "core/log.h"
 #include "storage/layout.h"
 
@@ -243,8 +244,17 @@ void RocksDbBackend::Insert(const std::string& table, int64_t n, const int64_t* 
   }
 }
 
-int64_t RocksDbBackend::Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
-                              std::vector<int64_t>* missing) {
+int64_t RocksDbBackend::Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values,
+                              int64_t dim, std::vector<int64_t>* missing) {
+  // Each distinct key costs a lookup on the server, so duplicates are asked for once.
+  return FetchEachKeyOnce(n, keys, values, dim, missing,
+                          [&](int64_t u, const int64_t* unique_keys, float* rows, std::vector<int64_t>* absent) {
+                            return FetchDistinct(table, u, unique_keys, rows, dim, absent);
+                          });
+}
+
+int64_t RocksDbBackend::FetchDistinct(const std::string& table, int64_t n, const int64_t* keys, float* values,
+                                      int64_t dim, std::vector<int64_t>* missing) {
   if (dim < 1) ThrowInvalidArgument("rocks_db: table '" + table + "': row dimension must be at least 1");
   const Handle cf = FindColumnFamily(table);
   if (cf == nullptr) {

@@ -54,6 +54,10 @@ class RocksDbBackend : public DatabaseBackend {
   std::vector<std::string> ListTables() const override;
 
  private:
+  // Fetch of keys known to be distinct.
+  int64_t FetchDistinct(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
+                        std::vector<int64_t>* missing);
+
   using Handle = std::shared_ptr<rocksdb::ColumnFamilyHandle>;
 
   // The column family of `table`, or nullptr if it does not exist.

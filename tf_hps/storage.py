@@ -173,11 +173,11 @@ class Storage:
     def fetch(self, table: str, keys, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns (values (N, dim) float32, found (N,) bool); rows of keys not found are zero."""
         keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
-        values = np.zeros((keys.size, dim), np.float32)
-        found = np.zeros(keys.size, np.uint8)
+        values = np.empty((keys.size, dim), np.float32)  # the C side writes every row
+        found = np.empty(keys.size, np.bool_)  # one byte each, as the C side writes them
         self._call(_lib().hps_storage_fetch, table.encode(), keys.size, keys.ctypes.data, values.ctypes.data,
                    dim, found.ctypes.data)
-        return values, found.astype(bool)
+        return values, found
 
     def size(self, table: str) -> int:
         """Rows stored for the table (0 if it does not exist)."""
