@@ -27,6 +27,7 @@ HPS_CORE_HDRS = [
     "core/table_file.h",
     "core/embedding_cache.h",
     "core/parameter_server.h",
+    "core/scratch.h",
     "core/unique_keys.h",
     "storage/backend.h",
     "storage/factory.h",

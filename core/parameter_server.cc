@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/key_hash.h"
 #include "core/log.h"
+#include "core/scratch.h"
 #include "core/table_file.h"
 #include "core/unique_keys.h"
 #include "storage/factory.h"
@@ -153,13 +154,20 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
   const int64_t dim = table.dim;
   const size_t row_bytes = dim * sizeof(float);
 
-  UniqueKeys unique;
+  // Buffers of this thread's previous lookups are reused: nothing on this path
+  // allocates once a thread has served its largest batch.
+  // (Worker threads of parallel_for must see the caller's buffers, so they are
+  // reached through these references, never by their thread_local names.)
+  thread_local UniqueKeys this_thread_unique;
+  thread_local ScratchBuffer<float> this_thread_rows;
+  UniqueKeys& unique = this_thread_unique;
+  ScratchBuffer<float>& row_buffer = this_thread_rows;
   Dedup(keys, n, &unique);
   const int64_t u = static_cast<int64_t>(unique.keys.size());
   table.stats.lookups.fetch_add(1, std::memory_order_relaxed);
   table.stats.keys.fetch_add(n, std::memory_order_relaxed);
   table.stats.unique_keys.fetch_add(u, std::memory_order_relaxed);
-  std::vector<float> rows(u * dim);  // (u, dim): the row of each unique key
+  float* rows = row_buffer.Get(u * dim);  // (u, dim): the row of each unique key
   std::mutex merge_mutex;
 
   // L1: collect the unique positions that missed.
@@ -168,7 +176,7 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
     const uint64_t stamp = table.cache->NextStamp();
     parallel_for(u, 200 + dim, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> local;
-      table.cache->Query(unique.keys.data() + begin, end - begin, rows.data() + begin * dim, stamp, &local);
+      table.cache->Query(unique.keys.data() + begin, end - begin, rows + begin * dim, stamp, &local);
       std::lock_guard<std::mutex> lock(merge_mutex);
       for (int64_t i : local) missing.push_back(begin + i);
     });
@@ -190,7 +198,7 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
     std::vector<int64_t> insert_keys;
     std::vector<float> insert_rows;
     for (int64_t j = 0; j < m; ++j) {
-      std::memcpy(rows.data() + missing[j] * dim, fetched.data() + j * dim, row_bytes);
+      std::memcpy(rows + missing[j] * dim, fetched.data() + j * dim, row_bytes);
       if (table.cache && found[j]) {
         insert_keys.push_back(miss_keys[j]);
         insert_rows.insert(insert_rows.end(), fetched.data() + j * dim, fetched.data() + (j + 1) * dim);
@@ -203,7 +211,7 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
 
   // Scatter back to the caller's order.
   parallel_for(n, 10 + dim, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) std::memcpy(out + i * dim, rows.data() + unique.index[i] * dim, row_bytes);
+    for (int64_t i = begin; i < end; ++i) std::memcpy(out + i * dim, rows + unique.index[i] * dim, row_bytes);
   });
 }
 

@@ -1,6 +1,9 @@
 #include "core/unique_keys.h"
 
+#include <algorithm>
+
 #include "core/key_hash.h"
+#include "core/scratch.h"
 
 namespace tf_hps {
 
@@ -8,7 +11,9 @@ void Dedup(const int64_t* keys, int64_t n, UniqueKeys* out) {
   size_t capacity = 16;
   while (capacity < static_cast<size_t>(2 * n)) capacity <<= 1;
   const size_t mask = capacity - 1;
-  std::vector<int64_t> slot(capacity, -1);  // index into out->keys, or -1
+  thread_local ScratchBuffer<int64_t> scratch;
+  int64_t* slot = scratch.Get(capacity);  // index into out->keys, or -1
+  std::fill_n(slot, capacity, -1);
   out->keys.clear();
   out->keys.reserve(n);
   out->index.resize(n);

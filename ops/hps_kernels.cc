@@ -8,6 +8,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/parameter_server.h"
+#include "core/scratch.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/platform/threadpool.h"
@@ -128,13 +129,14 @@ class LookupOp : public OpKernel {
       if (n == 0) return;
 
       const int64_t* keys64 = nullptr;
-      std::vector<int64_t> widened;
       if constexpr (std::is_same_v<K, int64_t>) {
         keys64 = keys.flat<int64_t>().data();
       } else {
+        thread_local ScratchBuffer<int64_t> widened;
         const K* raw = keys.flat<K>().data();
-        widened.assign(raw, raw + n);  // sign-extends int32 keys
-        keys64 = widened.data();
+        int64_t* wide = widened.Get(n);
+        std::copy(raw, raw + n, wide);  // sign-extends int32 keys
+        keys64 = wide;
       }
       auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
       ParallelFor parallel_for = [workers](int64_t total, int64_t cost,
