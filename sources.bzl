@@ -7,6 +7,7 @@ Keep one entry per line.
 
 # TF-free C++: configuration, table files, cache, lookup session, storage.
 HPS_CORE_SRCS = [
+    "core/background_worker.cc",
     "core/config.cc",
     "core/table_file.cc",
     "core/embedding_cache.cc",
@@ -20,6 +21,7 @@ HPS_CORE_SRCS = [
 ]
 
 HPS_CORE_HDRS = [
+    "core/background_worker.h",
     "core/config.h",
     "core/error.h",
     "core/key_hash.h",

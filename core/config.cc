@@ -382,6 +382,8 @@ ParameterServerConfig ParseConfig(const std::string& json_text, const std::strin
   JsonReader top(root, "", warnings);
   top("supportlonglong", config.supportlonglong, Need::kRequired);
   top("fuse_embedding_table", config.fuse_embedding_table);
+  top("stats_log_interval_seconds", config.stats_log_interval_seconds);
+  CheckRange(config.stats_log_interval_seconds, 0.0, 1e9, "stats_log_interval_seconds");
 
   const Json* models = top.Find("models");
   if (models == nullptr) Fail("models", "required key is missing");
@@ -465,6 +467,7 @@ std::string ToCanonicalJson(const ParameterServerConfig& in) {
   Json root;
   root["supportlonglong"] = config.supportlonglong;
   root["fuse_embedding_table"] = config.fuse_embedding_table;
+  root["stats_log_interval_seconds"] = config.stats_log_interval_seconds;
   Json models = Json::array();
   for (ModelConfig& m : config.models) {
     Json model;

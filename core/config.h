@@ -107,6 +107,8 @@ struct ModelConfig {
 struct ParameterServerConfig {
   bool supportlonglong = true;
   bool fuse_embedding_table = false;
+  // tf_hps extension: log every table's counters this often (0: never).
+  double stats_log_interval_seconds = 0.0;
   std::vector<ModelConfig> models;
   VolatileDbConfig volatile_db;  // absent: an in-process hash map
   PersistentDbConfig persistent_db;  // absent: disabled

@@ -53,8 +53,14 @@ ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::mo
     for (int64_t t = 0; t < model.num_tables(); ++t) {
       auto table = std::make_unique<EmbeddingTable>();
       LoadTable(model, t, table.get());
+      table->hit_rate_threshold = model.hit_rate_threshold;
       tables.push_back(std::move(table));
     }
+  }
+  inserter_ = std::make_unique<BackgroundWorker>(/*max_queued=*/64);
+  if (config_.stats_log_interval_seconds > 0) {
+    const auto interval = std::chrono::milliseconds(static_cast<int64_t>(config_.stats_log_interval_seconds * 1000));
+    timers_.push_back(std::make_unique<PeriodicTask>(interval, interval, [this] { LogStats(); }));
   }
 }
 
@@ -151,6 +157,7 @@ const EmbeddingTable& ParameterServer::FindTable(const std::string& model, int64
 void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
                              const ParallelFor& parallel_for) const {
   if (n <= 0) return;
+  const auto start = std::chrono::steady_clock::now();
   const int64_t dim = table.dim;
   const size_t row_bytes = dim * sizeof(float);
 
@@ -204,15 +211,36 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
         insert_rows.insert(insert_rows.end(), fetched.data() + j * dim, fetched.data() + (j + 1) * dim);
       }
     }
-    if (!insert_keys.empty())
-      table.cache->Replace(insert_keys.data(), static_cast<int64_t>(insert_keys.size()), insert_rows.data(),
-                           table.cache->NextStamp());
+    if (!insert_keys.empty()) InsertIntoCache(table, 1.0 - static_cast<double>(m) / u, &insert_keys, &insert_rows);
   }
 
   // Scatter back to the caller's order.
   parallel_for(n, 10 + dim, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) std::memcpy(out + i * dim, rows + unique.index[i] * dim, row_bytes);
   });
+  table.stats.RecordLatency(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
+}
+
+void ParameterServer::InsertIntoCache(const EmbeddingTable& table, double hit_rate, std::vector<int64_t>* keys,
+                                      std::vector<float>* rows) const {
+  const int64_t count = static_cast<int64_t>(keys->size());
+  if (hit_rate < table.hit_rate_threshold) {
+    // A cold batch: insert now, so the next batch finds its rows.
+    table.cache->Replace(keys->data(), count, rows->data(), table.cache->NextStamp());
+    table.stats.cache_inserted.fetch_add(count, std::memory_order_relaxed);
+    return;
+  }
+  // A warm batch: the answer is already exact, so the insertion leaves the lookup path.
+  auto task = [&table, keys = std::move(*keys), rows = std::move(*rows), count] {
+    table.cache->Replace(keys.data(), count, rows.data(), table.cache->NextStamp());
+    table.stats.cache_inserted.fetch_add(count, std::memory_order_relaxed);
+  };
+  if (inserter_->TrySubmit(std::move(task))) {
+    table.stats.insert_deferred.fetch_add(count, std::memory_order_relaxed);
+  } else {
+    table.stats.insert_dropped.fetch_add(count, std::memory_order_relaxed);
+  }
 }
 
 void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int64_t* keys, int64_t m,
@@ -296,6 +324,13 @@ std::string ParameterServer::StatsJson() const {
   for (const auto& [model, tables] : tables_) {
     for (const auto& t : tables) {
       const TableStats& c = t->stats;
+      std::atomic<int64_t> cache_rows{t->cache ? t->cache->Size() : 0};
+      std::string bounds, counts;
+      for (int b = 0; b < TableStats::kLatencyBuckets; ++b) {
+        if (b + 1 < TableStats::kLatencyBuckets)
+          bounds += (b ? ", " : "") + std::to_string(TableStats::kLatencyBoundsUs[b]);
+        counts += (b ? ", " : "") + std::to_string(c.latency_counts[b].load(std::memory_order_relaxed));
+      }
       auto field = [](const char* name, const std::atomic<int64_t>& v) {
         return std::string("\"") + name + "\": " + std::to_string(v.load(std::memory_order_relaxed));
       };
@@ -303,7 +338,10 @@ std::string ParameterServer::StatsJson() const {
               field("keys", c.keys) + ", " + field("unique_keys", c.unique_keys) + ", " +
               field("l1_hits", c.l1_hits) + ", " + field("vdb_hits", c.vdb_hits) + ", " +
               field("pdb_hits", c.pdb_hits) + ", " + field("defaults", c.defaults) + ", " +
-              field("vdb_errors", c.vdb_errors) + ", " + field("vdb_skipped", c.vdb_skipped) + "}";
+              field("vdb_errors", c.vdb_errors) + ", " + field("vdb_skipped", c.vdb_skipped) + ", " +
+              field("cache_inserted", c.cache_inserted) + ", " + field("insert_deferred", c.insert_deferred) + ", " +
+              field("insert_dropped", c.insert_dropped) + ", " + field("cache_rows", cache_rows) + ", " +
+              "\"latency_us_bounds\": [" + bounds + "], \"latency_counts\": [" + counts + "]}";
     }
   }
   return "{" + json + "}";
@@ -317,6 +355,31 @@ int64_t NowNs() {
 }
 
 }  // namespace
+
+void TableStats::RecordLatency(int64_t micros) {
+  int b = 0;
+  while (b < kLatencyBuckets - 1 && micros > kLatencyBoundsUs[b]) ++b;
+  latency_counts[b].fetch_add(1, std::memory_order_relaxed);
+}
+
+void ParameterServer::WaitForBackgroundWork() const { inserter_->Drain(); }
+
+void ParameterServer::LogStats() const {
+  for (const auto& [model, tables] : tables_) {
+    for (const auto& t : tables) {
+      const TableStats& c = t->stats;
+      const int64_t unique = c.unique_keys.load(std::memory_order_relaxed);
+      auto share = [unique](const std::atomic<int64_t>& v) {
+        return unique == 0 ? std::string("-")
+                           : std::to_string(100 * v.load(std::memory_order_relaxed) / unique) + "%";
+      };
+      Log(LogLevel::kInfo, "stats " + t->tag + ": " + std::to_string(c.lookups.load()) + " lookups, " +
+                               std::to_string(c.keys.load()) + " keys; of unique keys L1 " + share(c.l1_hits) +
+                               ", VDB " + share(c.vdb_hits) + ", PDB " + share(c.pdb_hits) + ", default " +
+                               share(c.defaults) + "; VDB errors " + std::to_string(c.vdb_errors.load()));
+    }
+  }
+}
 
 bool TierHealth::ShouldTry() const { return NowNs() >= retry_after_ns_.load(std::memory_order_relaxed); }
 

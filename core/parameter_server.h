@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "core/background_worker.h"
 #include "core/config.h"
 #include "core/embedding_cache.h"
 #include "storage/backend.h"
@@ -50,6 +51,17 @@ struct TableStats {
   std::atomic<int64_t> defaults{0};     // keys no tier held
   std::atomic<int64_t> vdb_errors{0};   // VDB calls that failed (server down, timeout)
   std::atomic<int64_t> vdb_skipped{0};  // VDB calls skipped while it was marked down
+  std::atomic<int64_t> cache_inserted{0};   // rows put into L1 after a miss
+  std::atomic<int64_t> insert_deferred{0};  // of those, rows handed to the background inserter
+  std::atomic<int64_t> insert_dropped{0};   // rows not inserted: the inserter's queue was full
+
+  // Lookup latency histogram: counts of calls taking at most kLatencyBoundsUs[i]
+  // microseconds (and more than the previous bound); the last bucket is unbounded.
+  static constexpr int kLatencyBuckets = 17;
+  static constexpr int64_t kLatencyBoundsUs[kLatencyBuckets - 1] = {
+      10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000};
+  std::atomic<int64_t> latency_counts[kLatencyBuckets] = {};
+  void RecordLatency(int64_t micros);
 };
 
 // Tracks whether a shared database answers. After a failure the tier is
@@ -75,6 +87,7 @@ struct EmbeddingTable {
   std::string model;
   std::string name;
   std::string tag;  // TableTag(model, name)
+  double hit_rate_threshold = 0.9;  // a batch hitting L1 at least this often defers its insertions
   int64_t dim = 0;
   float default_value = 0.0f;
   int64_t num_rows = 0;                   // rows loaded from the table files
@@ -96,6 +109,9 @@ class ParameterServer {
   // Counters of every table as JSON: {"<tag>": {"lookups": ..., ...}, ...}.
   std::string StatsJson() const;
 
+  // Waits until the deferred L1 insertions queued so far are done.
+  void WaitForBackgroundWork() const;
+
   // keys: (n) host; out: (n, table.dim) host. Thread-safe.
   void Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
               const ParallelFor& parallel_for) const;
@@ -111,11 +127,23 @@ class ParameterServer {
   // "hash_map + rocks_db", for logs.
   std::string TierNames() const;
 
+  // One log line per table with its counters.
+  void LogStats() const;
+
+  // Puts rows fetched below L1 into the cache: inline for a batch whose L1
+  // hit rate is below the table's hit_rate_threshold, else on the background
+  // inserter (dropped if its queue is full). Takes the vectors' contents.
+  void InsertIntoCache(const EmbeddingTable& table, double hit_rate, std::vector<int64_t>* keys,
+                       std::vector<float>* rows) const;
+
   ParameterServerConfig config_;
   std::unique_ptr<DatabaseBackend> volatile_db_;    // L2, may be null
   mutable TierHealth volatile_health_{"volatile_db"};
   std::unique_ptr<DatabaseBackend> persistent_db_;  // L3, may be null
   std::map<std::string, std::vector<std::unique_ptr<EmbeddingTable>>> tables_;  // by model
+  // Declared after the tables and databases they use, so they stop first.
+  std::unique_ptr<BackgroundWorker> inserter_;      // deferred L1 insertions
+  std::vector<std::unique_ptr<PeriodicTask>> timers_;  // statistics log
 };
 
 // The process-wide set of parameter servers, one per distinct canonical

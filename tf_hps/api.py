@@ -42,8 +42,12 @@ def stats() -> dict[str, dict[str, int]]:
 
     Each holds ``lookups`` (calls), ``keys``, ``unique_keys``, ``l1_hits``,
     ``vdb_hits``, ``pdb_hits``, ``defaults`` (keys no tier held), ``vdb_errors``
-    (failed calls to a shared VDB) and ``vdb_skipped`` (calls that passed over
-    it while it was down).
+    (failed calls to a shared VDB), ``vdb_skipped`` (calls that passed over
+    it while it was down), ``cache_inserted`` (rows put into L1 after a miss),
+    ``insert_deferred`` / ``insert_dropped`` (of those, rows left to the
+    background inserter / dropped because its queue was full), ``cache_rows``,
+    and a latency histogram: ``latency_counts[i]`` calls took at most
+    ``latency_us_bounds[i]`` microseconds (the last count is unbounded).
 
     Example:
         >>> hps.stats()["hps_et.foo.sparse_embedding0"]["l1_hits"]  # doctest: +SKIP
@@ -54,9 +58,15 @@ def stats() -> dict[str, dict[str, int]]:
         per_server = ops().tf_hps_stats().numpy()
     for text in per_server:
         for tag, counters in json.loads(text.decode()).items():
-            table = totals.setdefault(tag, dict.fromkeys(counters, 0))
-            for name, value in counters.items():
-                table[name] += value
+            table = totals.get(tag)
+            if table is None:
+                totals[tag] = counters
+                continue
+            for name, value in counters.items():  # the same table in several servers: add up
+                if name == "latency_us_bounds":
+                    continue
+                table[name] = [a + b for a, b in zip(table[name], value)] if isinstance(value, list) \
+                    else table[name] + value
     return totals
 
 

@@ -1,0 +1,75 @@
+"""hps.stats(): per-table counters, deferred cache insertion, latency histogram, periodic log."""
+
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_hps as hps
+from conftest import ROOT, run_python
+from tf_hps.storage import table_tag
+
+
+def layer_with(tables, model, **extra_model):
+    tables.table("t0", 3000, 8)
+    path = tables.config(dims=(8,), model=model, extra_model={"gpucacheper": 0.5, **extra_model})
+    return hps.LookupLayer(model, 0, 8, tf.float32, path), table_tag(model, "sparse_embedding0")
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_counters_add_up(tables):
+    layer, tag = layer_with(tables, "counted")
+    ids = np.array([1, 1, 2, 3, 5000])  # 4 distinct, one unknown
+    layer(tf.constant(ids))
+    layer(tf.constant(ids))
+    s = hps.stats()[tag]
+    assert s["lookups"] == 2 and s["keys"] == 10 and s["unique_keys"] == 8
+    assert s["l1_hits"] + s["vdb_hits"] + s["defaults"] == 8
+    assert s["defaults"] == 2  # the unknown key, once per lookup
+    assert s["l1_hits"] == 3  # the second lookup found the 3 known keys in L1
+    assert sum(s["latency_counts"]) == 2 and len(s["latency_counts"]) == len(s["latency_us_bounds"]) + 1
+
+
+def test_warm_batches_defer_their_insertions_and_stay_exact(tables):
+    layer, tag = layer_with(tables, "deferred", hit_rate_threshold=0.0)  # every batch counts as warm
+    dense = tables.dense("t0", 1.5, 3000)
+    ids = np.arange(0, 3000, 3)
+    np.testing.assert_array_equal(layer(tf.constant(ids)).numpy(), tf.nn.embedding_lookup(dense, ids).numpy())
+    s = hps.stats()[tag]
+    assert s["insert_deferred"] + s["insert_dropped"] == ids.size
+    wait_for(lambda: hps.stats()[tag]["cache_inserted"] == hps.stats()[tag]["insert_deferred"])
+    assert hps.stats()[tag]["cache_rows"] > 0
+    np.testing.assert_array_equal(layer(tf.constant(ids)).numpy(), tf.nn.embedding_lookup(dense, ids).numpy())
+
+
+@pytest.mark.parametrize("threshold", [1.0, 2.0])
+def test_cold_batches_insert_before_returning(tables, threshold):
+    layer, tag = layer_with(tables, f"inline{int(threshold)}", hit_rate_threshold=threshold)
+    layer(tf.constant(np.arange(100)))
+    s = hps.stats()[tag]
+    assert s["insert_deferred"] == 0 and s["cache_inserted"] == 100 and s["cache_rows"] == 100
+
+
+LOGGING = """
+import json, sys, time, numpy as np, tensorflow as tf
+lib = tf.load_op_library(sys.argv[1])
+canonical, _ = lib.tf_hps_parse_config(config_file=sys.argv[2])
+handle = lib.tf_hps_init(ps_config=canonical.numpy().decode())
+lib.tf_hps_lookup(keys=tf.constant([1, 2], tf.int64), ps_handle=handle, model_name="foo", table_id=0, emb_vec_size=16)
+time.sleep(0.7)
+"""
+
+
+def test_counters_are_logged_at_the_configured_interval(simple):
+    tables, _ = simple
+    path = tables.config(extra={"stats_log_interval_seconds": 0.2}, name="logging.json")
+    err = run_python(LOGGING, hps.op_library_path(), path).stderr
+    lines = [line for line in err.splitlines() if "stats hps_et.foo.sparse_embedding0: 1 lookups, 2 keys" in line]
+    assert len(lines) >= 2, err  # every 0.2 s while the process lived
