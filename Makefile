@@ -80,4 +80,35 @@ test: lib $(BUILD)/saved_model_runner bazel
 	@$(PY) -m pytest tests
 
 clean:
-	rm -rf $(BUILD) $(LIB)
+	rm -rf $(BUILD) tf_hps/_tf_hps_*.so
+
+# ---------------------------------------------------------------------------
+# CUDA: the GPU embedding cache (ops/cuda/), TF-free behind a C ABI, with the
+# CUDA runtime linked statically. It builds without a GPU, and `make test`
+# always builds it. nvcc is the one `scripts/bootstrap.sh cuda` names: $NVCC,
+# nvcc on PATH, $CUDA_HOME/bin/nvcc, else a CUDA 13 toolkit that it installs
+# from PyPI wheels into build/cuda.
+#   make gpu   tf_hps/_tf_hps_gpu_cache.so, plus build/libhps_cache_host.so:
+#              the CPU cache behind a matching C ABI, for tests and benchmarks
+GPU_CACHE_LIB := tf_hps/_tf_hps_gpu_cache.so
+CACHE_HOST_LIB := $(BUILD)/libhps_cache_host.so
+GPU_CACHE_SRCS := $(call bzl_list,HPS_GPU_CACHE_SRCS)
+GPU_CACHE_HDRS := $(call bzl_list,HPS_GPU_CACHE_HDRS) core/slab_set.h core/key_hash.h
+NVCC_FLAGS := -O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -shared -I. \
+	-gencode arch=compute_80,code=sm_80 -gencode 'arch=compute_90,code=[sm_90,compute_90]' \
+	-cudart static -Xlinker --exclude-libs,ALL
+
+.PHONY: gpu
+gpu: $(GPU_CACHE_LIB) $(CACHE_HOST_LIB)
+
+$(GPU_CACHE_LIB): $(GPU_CACHE_SRCS) $(GPU_CACHE_HDRS) scripts/bootstrap.sh
+	@nvcc="$$(scripts/bootstrap.sh cuda)" && echo "  NVCC $@ ($$nvcc)" && \
+	  "$$nvcc" $(NVCC_FLAGS) $(GPU_CACHE_SRCS) -o $@
+
+$(CACHE_HOST_LIB): tests/cache_host_shim.cc core/embedding_cache.cc core/embedding_cache.h core/slab_set.h \
+		core/key_hash.h
+	@mkdir -p $(dir $@)
+	@echo "  CXX $@"
+	@g++ $(CXXFLAGS) -shared tests/cache_host_shim.cc core/embedding_cache.cc -o $@
+
+test: gpu

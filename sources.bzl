@@ -28,6 +28,7 @@ HPS_CORE_HDRS = [
     "core/log.h",
     "core/table_file.h",
     "core/embedding_cache.h",
+    "core/slab_set.h",
     "core/parameter_server.h",
     "core/scratch.h",
     "core/unique_keys.h",
@@ -61,4 +62,16 @@ HPS_STORAGE_CAPI_SRCS = [
 
 HPS_STORAGE_CAPI_HDRS = [
     "storage/c_api.h",
+]
+
+# The GPU embedding cache, TF-free with a C ABI (nvcc, static CUDA runtime):
+# _tf_hps_gpu_cache.so = these; make only (`make gpu`), no Bazel rule yet.
+HPS_GPU_CACHE_SRCS = [
+    "ops/cuda/gpu_cache.cu",
+    "ops/cuda/gpu_cache_c_api.cc",
+]
+
+HPS_GPU_CACHE_HDRS = [
+    "ops/cuda/gpu_cache.h",
+    "ops/cuda/gpu_cache_c_api.h",
 ]

@@ -5,9 +5,16 @@
 
 #include <cstdint>
 
+// Functions marked TF_HPS_HOST_DEVICE compile for both the CPU and, under nvcc, the GPU.
+#ifdef __CUDACC__
+#define TF_HPS_HOST_DEVICE __host__ __device__
+#else
+#define TF_HPS_HOST_DEVICE
+#endif
+
 namespace tf_hps {
 
-inline uint64_t MixKey(uint64_t v) {
+TF_HPS_HOST_DEVICE inline uint64_t MixKey(uint64_t v) {
   auto rotr = [](uint64_t x, int r) { return (x >> r) | (x << (64 - r)); };
   v ^= rotr(v, 25) ^ rotr(v, 50);
   v *= 0xA24BAED4963EE407ULL;

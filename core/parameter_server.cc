@@ -54,6 +54,7 @@ ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::mo
       auto table = std::make_unique<EmbeddingTable>();
       LoadTable(model, t, table.get());
       table->hit_rate_threshold = model.hit_rate_threshold;
+      table->refresh_fraction = model.cache_refresh_percentage_per_iteration;
       tables.push_back(std::move(table));
     }
   }
@@ -61,6 +62,13 @@ ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::mo
   if (config_.stats_log_interval_seconds > 0) {
     const auto interval = std::chrono::milliseconds(static_cast<int64_t>(config_.stats_log_interval_seconds * 1000));
     timers_.push_back(std::make_unique<PeriodicTask>(interval, interval, [this] { LogStats(); }));
+  }
+  for (const ModelConfig& model : config_.models) {
+    if (model.refresh_interval <= 0) continue;
+    const auto delay = std::chrono::milliseconds(static_cast<int64_t>(model.refresh_delay * 1000));
+    const auto interval = std::chrono::milliseconds(static_cast<int64_t>(model.refresh_interval * 1000));
+    timers_.push_back(std::make_unique<PeriodicTask>(
+        delay, interval, [this, name = model.model] { RefreshCaches(name); }));
   }
 }
 
@@ -340,7 +348,8 @@ std::string ParameterServer::StatsJson() const {
               field("pdb_hits", c.pdb_hits) + ", " + field("defaults", c.defaults) + ", " +
               field("vdb_errors", c.vdb_errors) + ", " + field("vdb_skipped", c.vdb_skipped) + ", " +
               field("cache_inserted", c.cache_inserted) + ", " + field("insert_deferred", c.insert_deferred) + ", " +
-              field("insert_dropped", c.insert_dropped) + ", " + field("cache_rows", cache_rows) + ", " +
+              field("insert_dropped", c.insert_dropped) + ", " + field("cache_refreshed", c.cache_refreshed) + ", " +
+              field("cache_rows", cache_rows) + ", " +
               "\"latency_us_bounds\": [" + bounds + "], \"latency_counts\": [" + counts + "]}";
     }
   }
@@ -363,6 +372,45 @@ void TableStats::RecordLatency(int64_t micros) {
 }
 
 void ParameterServer::WaitForBackgroundWork() const { inserter_->Drain(); }
+
+int64_t ParameterServer::RefreshCaches(const std::string& model) const {
+  int64_t refreshed = 0;
+  for (const auto& [name, tables] : tables_) {
+    if (!model.empty() && name != model) continue;
+    for (const auto& t : tables) {
+      if (!t->cache) continue;
+      EmbeddingCache& cache = *t->cache;
+      const int64_t sets = cache.num_sets();
+      const int64_t chunk =
+          t->refresh_fraction > 0 ? std::max<int64_t>(1, static_cast<int64_t>(std::ceil(t->refresh_fraction * sets)))
+                                  : sets;
+      std::vector<int64_t> keys;
+      std::vector<float> rows;
+      std::vector<char> found;
+      for (int64_t begin = 0; begin < sets; begin += chunk) {
+        keys.clear();
+        cache.Dump(begin, std::min(sets, begin + chunk), &keys);
+        const int64_t n = static_cast<int64_t>(keys.size());
+        if (n == 0) continue;
+        rows.resize(n * t->dim);
+        found.assign(n, 0);
+        FetchFromDatabases(*t, keys.data(), n, rows.data(), &found, SerialFor);
+        // Keep only rows some tier still holds.
+        int64_t kept = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          if (!found[i]) continue;
+          keys[kept] = keys[i];
+          if (kept != i) std::memcpy(&rows[kept * t->dim], &rows[i * t->dim], t->dim * sizeof(float));
+          ++kept;
+        }
+        cache.Update(keys.data(), kept, rows.data());
+        refreshed += kept;
+        t->stats.cache_refreshed.fetch_add(kept, std::memory_order_relaxed);
+      }
+    }
+  }
+  return refreshed;
+}
 
 void ParameterServer::LogStats() const {
   for (const auto& [model, tables] : tables_) {

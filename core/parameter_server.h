@@ -54,6 +54,7 @@ struct TableStats {
   std::atomic<int64_t> cache_inserted{0};   // rows put into L1 after a miss
   std::atomic<int64_t> insert_deferred{0};  // of those, rows handed to the background inserter
   std::atomic<int64_t> insert_dropped{0};   // rows not inserted: the inserter's queue was full
+  std::atomic<int64_t> cache_refreshed{0};  // rows re-read from the databases by refreshes
 
   // Lookup latency histogram: counts of calls taking at most kLatencyBoundsUs[i]
   // microseconds (and more than the previous bound); the last bucket is unbounded.
@@ -88,6 +89,7 @@ struct EmbeddingTable {
   std::string name;
   std::string tag;  // TableTag(model, name)
   double hit_rate_threshold = 0.9;  // a batch hitting L1 at least this often defers its insertions
+  double refresh_fraction = 0.0;    // cache_refresh_percentage_per_iteration
   int64_t dim = 0;
   float default_value = 0.0f;
   int64_t num_rows = 0;                   // rows loaded from the table files
@@ -111,6 +113,14 @@ class ParameterServer {
 
   // Waits until the deferred L1 insertions queued so far are done.
   void WaitForBackgroundWork() const;
+
+  // Re-reads every row cached in L1 from the VDB/PDB and overwrites it, so
+  // rows changed in the databases reach the cache. For one model, or all
+  // when `model` is empty. Works through each cache in chunks of
+  // cache_refresh_percentage_per_iteration of its sets (all at once when 0).
+  // Returns the rows refreshed. Runs on a timer for models with a
+  // refresh_interval.
+  int64_t RefreshCaches(const std::string& model) const;
 
   // keys: (n) host; out: (n, table.dim) host. Thread-safe.
   void Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
@@ -143,7 +153,7 @@ class ParameterServer {
   std::map<std::string, std::vector<std::unique_ptr<EmbeddingTable>>> tables_;  // by model
   // Declared after the tables and databases they use, so they stop first.
   std::unique_ptr<BackgroundWorker> inserter_;      // deferred L1 insertions
-  std::vector<std::unique_ptr<PeriodicTask>> timers_;  // statistics log
+  std::vector<std::unique_ptr<PeriodicTask>> timers_;  // statistics log, cache refresh
 };
 
 // The process-wide set of parameter servers, one per distinct canonical

@@ -193,7 +193,28 @@ class StatsOp : public OpKernel {
   }
 };
 
+class RefreshOp : public OpKernel {
+ public:
+  explicit RefreshOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("model_name", &model_name_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    RunGuarded(ctx, [&] {
+      int64_t refreshed = 0;
+      for (const auto& server : ParameterServerRegistry::Global().All()) refreshed += server->RefreshCaches(model_name_);
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+      out->scalar<int64_t>()() = refreshed;
+    });
+  }
+
+ private:
+  std::string model_name_;
+};
+
 REGISTER_KERNEL_BUILDER(Name("TfHpsStats").Device(::tensorflow::DEVICE_CPU), StatsOp);
+REGISTER_KERNEL_BUILDER(Name("TfHpsRefresh").Device(::tensorflow::DEVICE_CPU), RefreshOp);
 REGISTER_KERNEL_BUILDER(Name("TfHpsParseConfig").Device(::tensorflow::DEVICE_CPU), ParseConfigOp);
 REGISTER_KERNEL_BUILDER(Name("TfHpsInit").Device(::tensorflow::DEVICE_CPU), InitOp);
 REGISTER_KERNEL_BUILDER(

@@ -68,6 +68,18 @@ keys: int32 or int64 keys, any shape.
 embeddings: float32, keys.shape + [emb_vec_size].
 )doc");
 
+REGISTER_OP("TfHpsRefresh")
+    .Output("rows_refreshed: int64")
+    .Attr("model_name: string = ''")
+    .SetIsStateful()
+    .SetShapeFn(::tensorflow::shape_inference::ScalarShape)
+    .Doc(R"doc(
+Re-reads every row cached in L1 from the databases, in every parameter server of this process.
+
+model_name: only this model's tables; empty for all.
+rows_refreshed: rows re-read and written into the caches.
+)doc");
+
 REGISTER_OP("TfHpsStats")
     .Output("stats: string")
     .SetIsStateful()

@@ -16,8 +16,8 @@ def source_lists():
 
 def test_every_cpp_file_is_in_the_one_source_list():
     listed = {f for name, files in source_lists().items() if not name.endswith("LINKOPTS") for f in files}
-    on_disk = {os.path.relpath(p, ROOT) for d in ("core", "storage", "ops")
-               for p in glob.glob(os.path.join(ROOT, d, "*.cc")) + glob.glob(os.path.join(ROOT, d, "*.h"))}
+    on_disk = {os.path.relpath(p, ROOT) for d in ("core", "storage", "ops", "ops/cuda")
+               for ext in ("cc", "h", "cu") for p in glob.glob(os.path.join(ROOT, d, f"*.{ext}"))}
     assert listed == on_disk
 
 

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Init": "tf_hps.api",
     "stats": "tf_hps.api",
+    "refresh_cache": "tf_hps.api",
     "LookupLayer": "tf_hps.layers",
     "PsConfig": "tf_hps.config",
     "load_config": "tf_hps.config",

@@ -70,6 +70,23 @@ def stats() -> dict[str, dict[str, int]]:
     return totals
 
 
+def refresh_cache(model_name: str = "") -> int:
+    """Re-reads every row cached in L1 from the databases and overwrites it.
+
+    Rows that changed in the VDB or PDB (e.g. written by a training job)
+    reach the cache without waiting for eviction. For one model, or every
+    model served in this process when ``model_name`` is empty. A model's
+    ``refresh_interval`` (seconds) also runs this on a timer, first after
+    ``refresh_delay``. Returns the number of rows refreshed.
+
+    Example:
+        >>> hps.refresh_cache("foo")  # doctest: +SKIP
+        2000
+    """
+    with tf.device("/CPU:0"):
+        return int(ops().tf_hps_refresh(model_name=model_name).numpy())
+
+
 def default_config() -> PsConfig | None:
     """The config of the last successful ``Init`` call, or None."""
     return _default
