@@ -168,64 +168,60 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
   const auto start = std::chrono::steady_clock::now();
   const int64_t dim = table.dim;
   const size_t row_bytes = dim * sizeof(float);
-
-  // Buffers of this thread's previous lookups are reused: nothing on this path
-  // allocates once a thread has served its largest batch.
-  // (Worker threads of parallel_for must see the caller's buffers, so they are
-  // reached through these references, never by their thread_local names.)
-  thread_local UniqueKeys this_thread_unique;
-  thread_local ScratchBuffer<float> this_thread_rows;
-  UniqueKeys& unique = this_thread_unique;
-  ScratchBuffer<float>& row_buffer = this_thread_rows;
-  Dedup(keys, n, &unique);
-  const int64_t u = static_cast<int64_t>(unique.keys.size());
   table.stats.lookups.fetch_add(1, std::memory_order_relaxed);
   table.stats.keys.fetch_add(n, std::memory_order_relaxed);
-  table.stats.unique_keys.fetch_add(u, std::memory_order_relaxed);
-  float* rows = row_buffer.Get(u * dim);  // (u, dim): the row of each unique key
-  std::mutex merge_mutex;
 
-  // L1: collect the unique positions that missed.
-  std::vector<int64_t> missing;
+  // L1 answers straight into the output, one probe per key: a hot key repeated
+  // in the batch is a cache-resident hit each time, which costs less than
+  // de-duplicating the whole batch first. Only the misses are de-duplicated.
+  std::vector<int64_t> missing;  // positions L1 did not answer, ascending
   if (table.cache) {
     const uint64_t stamp = table.cache->NextStamp();
-    parallel_for(u, 200 + dim, [&](int64_t begin, int64_t end) {
+    std::mutex merge_mutex;
+    parallel_for(n, 100 + dim / 4, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> local;
-      table.cache->Query(unique.keys.data() + begin, end - begin, rows + begin * dim, stamp, &local);
+      table.cache->Query(keys + begin, end - begin, out + begin * dim, stamp, &local);
+      if (local.empty()) return;
       std::lock_guard<std::mutex> lock(merge_mutex);
       for (int64_t i : local) missing.push_back(begin + i);
     });
     std::sort(missing.begin(), missing.end());
-    table.stats.l1_hits.fetch_add(u - static_cast<int64_t>(missing.size()), std::memory_order_relaxed);
+    table.stats.l1_hits.fetch_add(n - static_cast<int64_t>(missing.size()), std::memory_order_relaxed);
   } else {
-    missing.resize(u);
+    missing.resize(n);
     std::iota(missing.begin(), missing.end(), 0);
   }
-
-  // Lower tiers, then the default, for what L1 did not hold.
   if (!missing.empty()) {
+    // Lower tiers, then the default, once per distinct missed key. Buffers of
+    // this thread's previous lookups are reused; parallel_for's workers reach
+    // them through these references, never by their thread_local names.
+    thread_local UniqueKeys this_thread_unique;
+    thread_local ScratchBuffer<int64_t> this_thread_miss_keys;
+    thread_local ScratchBuffer<float> this_thread_rows;
+    UniqueKeys& unique = this_thread_unique;
     const int64_t m = static_cast<int64_t>(missing.size());
-    std::vector<int64_t> miss_keys(m);
-    for (int64_t j = 0; j < m; ++j) miss_keys[j] = unique.keys[missing[j]];
-    std::vector<float> fetched(m * dim);
-    std::vector<char> found(m, 0);
-    FetchFromDatabases(table, miss_keys.data(), m, fetched.data(), &found, parallel_for);
-    std::vector<int64_t> insert_keys;
-    std::vector<float> insert_rows;
-    for (int64_t j = 0; j < m; ++j) {
-      std::memcpy(rows + missing[j] * dim, fetched.data() + j * dim, row_bytes);
-      if (table.cache && found[j]) {
-        insert_keys.push_back(miss_keys[j]);
-        insert_rows.insert(insert_rows.end(), fetched.data() + j * dim, fetched.data() + (j + 1) * dim);
+    int64_t* miss_keys = this_thread_miss_keys.Get(m);
+    for (int64_t j = 0; j < m; ++j) miss_keys[j] = keys[missing[j]];
+    Dedup(miss_keys, m, &unique);
+    const int64_t u = static_cast<int64_t>(unique.keys.size());
+    table.stats.missed_keys.fetch_add(u, std::memory_order_relaxed);
+    float* rows = this_thread_rows.Get(u * dim);  // (u, dim)
+    std::vector<char> found(u, 0);
+    FetchFromDatabases(table, unique.keys.data(), u, rows, &found, parallel_for);
+    parallel_for(m, 10 + dim / 4, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) std::memcpy(out + missing[j] * dim, rows + unique.index[j] * dim, row_bytes);
+    });
+    if (table.cache) {
+      std::vector<int64_t> insert_keys;
+      std::vector<float> insert_rows;
+      for (int64_t j = 0; j < u; ++j) {
+        if (!found[j]) continue;  // defaults are never cached
+        insert_keys.push_back(unique.keys[j]);
+        insert_rows.insert(insert_rows.end(), rows + j * dim, rows + (j + 1) * dim);
       }
+      if (!insert_keys.empty()) InsertIntoCache(table, 1.0 - static_cast<double>(m) / n, &insert_keys, &insert_rows);
     }
-    if (!insert_keys.empty()) InsertIntoCache(table, 1.0 - static_cast<double>(m) / u, &insert_keys, &insert_rows);
   }
-
-  // Scatter back to the caller's order.
-  parallel_for(n, 10 + dim, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) std::memcpy(out + i * dim, rows + unique.index[i] * dim, row_bytes);
-  });
   table.stats.RecordLatency(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
 }
@@ -343,7 +339,7 @@ std::string ParameterServer::StatsJson() const {
         return std::string("\"") + name + "\": " + std::to_string(v.load(std::memory_order_relaxed));
       };
       json += (json.empty() ? "" : ", ") + ("\"" + t->tag + "\": {") + field("lookups", c.lookups) + ", " +
-              field("keys", c.keys) + ", " + field("unique_keys", c.unique_keys) + ", " +
+              field("keys", c.keys) + ", " + field("missed_keys", c.missed_keys) + ", " +
               field("l1_hits", c.l1_hits) + ", " + field("vdb_hits", c.vdb_hits) + ", " +
               field("pdb_hits", c.pdb_hits) + ", " + field("defaults", c.defaults) + ", " +
               field("vdb_errors", c.vdb_errors) + ", " + field("vdb_skipped", c.vdb_skipped) + ", " +
@@ -416,15 +412,16 @@ void ParameterServer::LogStats() const {
   for (const auto& [model, tables] : tables_) {
     for (const auto& t : tables) {
       const TableStats& c = t->stats;
-      const int64_t unique = c.unique_keys.load(std::memory_order_relaxed);
-      auto share = [unique](const std::atomic<int64_t>& v) {
-        return unique == 0 ? std::string("-")
-                           : std::to_string(100 * v.load(std::memory_order_relaxed) / unique) + "%";
+      const int64_t keys = c.keys.load(std::memory_order_relaxed);
+      const int64_t missed = c.missed_keys.load(std::memory_order_relaxed);
+      auto share = [](const std::atomic<int64_t>& v, int64_t of) {
+        return of == 0 ? std::string("-") : std::to_string(100 * v.load(std::memory_order_relaxed) / of) + "%";
       };
       Log(LogLevel::kInfo, "stats " + t->tag + ": " + std::to_string(c.lookups.load()) + " lookups, " +
-                               std::to_string(c.keys.load()) + " keys; of unique keys L1 " + share(c.l1_hits) +
-                               ", VDB " + share(c.vdb_hits) + ", PDB " + share(c.pdb_hits) + ", default " +
-                               share(c.defaults) + "; VDB errors " + std::to_string(c.vdb_errors.load()));
+                               std::to_string(keys) + " keys, L1 hits " + share(c.l1_hits, keys) + "; of " +
+                               std::to_string(missed) + " distinct missed keys VDB " + share(c.vdb_hits, missed) +
+                               ", PDB " + share(c.pdb_hits, missed) + ", default " + share(c.defaults, missed) +
+                               "; VDB errors " + std::to_string(c.vdb_errors.load()));
     }
   }
 }

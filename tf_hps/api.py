@@ -40,8 +40,10 @@ def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> 
 def stats() -> dict[str, dict[str, int]]:
     """Counters of every table served in this process, by table tag (``hps_et.<model>.<table>``).
 
-    Each holds ``lookups`` (calls), ``keys``, ``unique_keys``, ``l1_hits``,
-    ``vdb_hits``, ``pdb_hits``, ``defaults`` (keys no tier held), ``vdb_errors``
+    Each holds ``lookups`` (calls), ``keys`` (duplicates included), ``l1_hits``
+    (keys answered by L1), ``missed_keys`` (distinct keys of each batch that L1
+    missed; each is then a ``vdb_hits``, a ``pdb_hits`` or one of the
+    ``defaults``, keys no tier held), ``vdb_errors``
     (failed calls to a shared VDB), ``vdb_skipped`` (calls that passed over
     it while it was down), ``cache_inserted`` (rows put into L1 after a miss),
     ``insert_deferred`` / ``insert_dropped`` (of those, rows left to the
