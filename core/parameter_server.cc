@@ -175,8 +175,10 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
   // in the batch is a cache-resident hit each time, which costs less than
   // de-duplicating the whole batch first. Only the misses are de-duplicated.
   std::vector<int64_t> missing;  // positions L1 did not answer, ascending
+  // One LRU stamp for the whole batch: its misses, inserted below, are as
+  // recent as its hits, so they never evict the rows this batch just used.
+  const uint64_t stamp = table.cache ? table.cache->NextStamp() : 0;
   if (table.cache) {
-    const uint64_t stamp = table.cache->NextStamp();
     std::mutex merge_mutex;
     parallel_for(n, 100 + dim / 4, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> local;
@@ -219,25 +221,26 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
         insert_keys.push_back(unique.keys[j]);
         insert_rows.insert(insert_rows.end(), rows + j * dim, rows + (j + 1) * dim);
       }
-      if (!insert_keys.empty()) InsertIntoCache(table, 1.0 - static_cast<double>(m) / n, &insert_keys, &insert_rows);
+      if (!insert_keys.empty())
+        InsertIntoCache(table, 1.0 - static_cast<double>(m) / n, stamp, &insert_keys, &insert_rows);
     }
   }
   table.stats.RecordLatency(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
 }
 
-void ParameterServer::InsertIntoCache(const EmbeddingTable& table, double hit_rate, std::vector<int64_t>* keys,
-                                      std::vector<float>* rows) const {
+void ParameterServer::InsertIntoCache(const EmbeddingTable& table, double hit_rate, uint64_t stamp,
+                                      std::vector<int64_t>* keys, std::vector<float>* rows) const {
   const int64_t count = static_cast<int64_t>(keys->size());
   if (hit_rate < table.hit_rate_threshold) {
     // A cold batch: insert now, so the next batch finds its rows.
-    table.cache->Replace(keys->data(), count, rows->data(), table.cache->NextStamp());
+    table.cache->Replace(keys->data(), count, rows->data(), stamp);
     table.stats.cache_inserted.fetch_add(count, std::memory_order_relaxed);
     return;
   }
   // A warm batch: the answer is already exact, so the insertion leaves the lookup path.
-  auto task = [&table, keys = std::move(*keys), rows = std::move(*rows), count] {
-    table.cache->Replace(keys.data(), count, rows.data(), table.cache->NextStamp());
+  auto task = [&table, keys = std::move(*keys), rows = std::move(*rows), count, stamp] {
+    table.cache->Replace(keys.data(), count, rows.data(), stamp);
     table.stats.cache_inserted.fetch_add(count, std::memory_order_relaxed);
   };
   if (inserter_->TrySubmit(std::move(task))) {

@@ -144,10 +144,11 @@ class ParameterServer {
   // One log line per table with its counters.
   void LogStats() const;
 
-  // Puts rows fetched below L1 into the cache: inline for a batch whose L1
+  // Puts rows fetched below L1 into the cache with the batch's LRU stamp:
+  // inline for a batch whose L1
   // hit rate is below the table's hit_rate_threshold, else on the background
   // inserter (dropped if its queue is full). Takes the vectors' contents.
-  void InsertIntoCache(const EmbeddingTable& table, double hit_rate, std::vector<int64_t>* keys,
+  void InsertIntoCache(const EmbeddingTable& table, double hit_rate, uint64_t stamp, std::vector<int64_t>* keys,
                        std::vector<float>* rows) const;
 
   ParameterServerConfig config_;

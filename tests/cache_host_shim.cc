@@ -38,6 +38,23 @@ void hps_cache_host_replace(void* cache, const int64_t* keys, int64_t n, const f
   c->Replace(keys, n, values, c->NextStamp());
 }
 
+// The lookup path's protocol: one stamp per batch for its Query and the
+// Replace of its misses (hps_cache_host_next_stamp gives a batch's stamp).
+uint64_t hps_cache_host_next_stamp(void* cache) { return static_cast<EmbeddingCache*>(cache)->NextStamp(); }
+
+int64_t hps_cache_host_query_at(void* cache, const int64_t* keys, int64_t n, float* values, int64_t* missing_index,
+                                uint64_t stamp) {
+  auto* c = static_cast<EmbeddingCache*>(cache);
+  std::vector<int64_t> missing;
+  c->Query(keys, n, values, stamp, &missing);
+  if (!missing.empty()) std::memcpy(missing_index, missing.data(), missing.size() * sizeof(int64_t));
+  return static_cast<int64_t>(missing.size());
+}
+
+void hps_cache_host_replace_at(void* cache, const int64_t* keys, int64_t n, const float* values, uint64_t stamp) {
+  static_cast<EmbeddingCache*>(cache)->Replace(keys, n, values, stamp);
+}
+
 void hps_cache_host_update(void* cache, const int64_t* keys, int64_t n, const float* values) {
   static_cast<EmbeddingCache*>(cache)->Update(keys, n, values);
 }

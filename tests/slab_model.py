@@ -152,6 +152,11 @@ class HostCache:
             lib.hps_cache_host_query.restype = i64
             lib.hps_cache_host_query.argtypes = [vp, vp, i64, vp, vp]
             lib.hps_cache_host_replace.argtypes = [vp, vp, i64, vp]
+            lib.hps_cache_host_next_stamp.restype = ctypes.c_uint64
+            lib.hps_cache_host_next_stamp.argtypes = [vp]
+            lib.hps_cache_host_query_at.restype = i64
+            lib.hps_cache_host_query_at.argtypes = [vp, vp, i64, vp, vp, ctypes.c_uint64]
+            lib.hps_cache_host_replace_at.argtypes = [vp, vp, i64, vp, ctypes.c_uint64]
             lib.hps_cache_host_update.argtypes = [vp, vp, i64, vp]
             lib.hps_cache_host_dump.restype = i64
             lib.hps_cache_host_dump.argtypes = [vp, i64, i64, vp]
