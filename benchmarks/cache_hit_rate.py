@@ -56,6 +56,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from slab_model import WAYS, HostCache  # noqa: E402  (the cache's ctypes bindings live with the tests)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model  # noqa: E402
+
 SEGMENTS = 10  # the measured batches are also reported in this many consecutive parts
 
 
@@ -249,17 +252,6 @@ def plan_jobs(alphas, sizes, jobs_wanted: int, common: dict) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- output
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def pct(x: float) -> str:

@@ -53,6 +53,9 @@ from rocksdict import AccessType, Options, Rdict
 
 from tf_hps.storage import Storage, table_tag
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -241,17 +244,6 @@ def markdown(rows: list[Row], header: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- machine and versions
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def header_version(path: str, prefix: str) -> str:
