@@ -167,9 +167,10 @@ void EmbeddingCache::Query(const int64_t* keys, int64_t n, float* values, uint64
   }
 }
 
-void EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp) {
+int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp) {
   stamp = std::max<uint64_t>(stamp, 1);  // 0 would mark the way empty
   const slab::HostLanes lanes;
+  int64_t evicted = 0;
   for (int64_t i = 0; i < n; ++i) {
     const slab::Home home = slab::HomeOf(keys[i], num_sets_);
     const int64_t base = home.set * kWays;
@@ -180,11 +181,13 @@ void EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* values
     if (cached) {
       slab::Touch(&stamps_[base + way], stamp);
     } else {
+      evicted += stamps_[base + way] != 0;  // the way held another key
       keys_[base + way] = keys[i];
       stamps_[base + way] = stamp;
     }
     std::memcpy(values_.get() + (base + way) * dim_, values + i * dim_, row_bytes_);
   }
+  return evicted;
 }
 
 void EmbeddingCache::Update(const int64_t* keys, int64_t n, const float* values) {

@@ -43,7 +43,8 @@ class EmbeddingCache {
   // Inserts rows (keys: (n), values: (n, dim)): a cached key gets the new row
   // and a fresh stamp; another takes an empty way of its set, else evicts the
   // least recently used one. Keys should be distinct (the last row wins).
-  void Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp);
+  // Returns how many cached rows were evicted to make room.
+  int64_t Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp);
 
   // Overwrites the rows of the keys that are cached; ignores the others.
   // Stamps are left as they are.

@@ -234,13 +234,15 @@ void ParameterServer::InsertIntoCache(const EmbeddingTable& table, double hit_ra
   const int64_t count = static_cast<int64_t>(keys->size());
   if (hit_rate < table.hit_rate_threshold) {
     // A cold batch: insert now, so the next batch finds its rows.
-    table.cache->Replace(keys->data(), count, rows->data(), stamp);
+    table.stats.cache_evicted.fetch_add(table.cache->Replace(keys->data(), count, rows->data(), stamp),
+                                        std::memory_order_relaxed);
     table.stats.cache_inserted.fetch_add(count, std::memory_order_relaxed);
     return;
   }
   // A warm batch: the answer is already exact, so the insertion leaves the lookup path.
   auto task = [&table, keys = std::move(*keys), rows = std::move(*rows), count, stamp] {
-    table.cache->Replace(keys.data(), count, rows.data(), stamp);
+    table.stats.cache_evicted.fetch_add(table.cache->Replace(keys.data(), count, rows.data(), stamp),
+                                        std::memory_order_relaxed);
     table.stats.cache_inserted.fetch_add(count, std::memory_order_relaxed);
   };
   if (inserter_->TrySubmit(std::move(task))) {
@@ -348,6 +350,7 @@ std::string ParameterServer::StatsJson() const {
               field("vdb_errors", c.vdb_errors) + ", " + field("vdb_skipped", c.vdb_skipped) + ", " +
               field("cache_inserted", c.cache_inserted) + ", " + field("insert_deferred", c.insert_deferred) + ", " +
               field("insert_dropped", c.insert_dropped) + ", " + field("cache_refreshed", c.cache_refreshed) + ", " +
+              field("cache_evicted", c.cache_evicted) + ", " +
               field("cache_rows", cache_rows) + ", " +
               "\"latency_us_bounds\": [" + bounds + "], \"latency_counts\": [" + counts + "]}";
     }

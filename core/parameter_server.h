@@ -58,6 +58,7 @@ struct TableStats {
   std::atomic<int64_t> cache_inserted{0};   // rows put into L1 after a miss
   std::atomic<int64_t> insert_deferred{0};  // of those, rows handed to the background inserter
   std::atomic<int64_t> insert_dropped{0};   // rows not inserted: the inserter's queue was full
+  std::atomic<int64_t> cache_evicted{0};    // rows L1 evicted to make room for others
   std::atomic<int64_t> cache_refreshed{0};  // rows re-read from the databases by refreshes
 
   // Lookup latency histogram: counts of calls taking at most kLatencyBoundsUs[i]

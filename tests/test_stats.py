@@ -74,3 +74,13 @@ def test_counters_are_logged_at_the_configured_interval(simple):
     err = run_python(LOGGING, hps.op_library_path(), path).stderr
     lines = [line for line in err.splitlines() if "stats hps_et.foo.sparse_embedding0: 1 lookups, 2 keys" in line]
     assert len(lines) >= 2, err  # every 0.2 s while the process lived
+
+
+def test_evictions_are_counted(tables):
+    layer, tag = layer_with(tables, "evicting", gpucacheper=0.0, hit_rate_threshold=2.0)  # one set of 64 ways
+    for start in range(0, 3000, 500):
+        layer(tf.constant(np.arange(start, start + 500)))
+    s = hps.stats()[tag]
+    assert s["cache_rows"] == 64
+    assert s["cache_inserted"] == 3000
+    assert s["cache_evicted"] == s["cache_inserted"] - s["cache_rows"]

@@ -47,7 +47,8 @@ def stats() -> dict[str, dict[str, int]]:
     (failed calls to a shared VDB), ``vdb_skipped`` (calls that passed over
     it while it was down), ``cache_inserted`` (rows put into L1 after a miss),
     ``insert_deferred`` / ``insert_dropped`` (of those, rows left to the
-    background inserter / dropped because its queue was full), ``cache_rows``,
+    background inserter / dropped because its queue was full), ``cache_evicted``
+    (rows L1 evicted to make room), ``cache_refreshed``, ``cache_rows``,
     and a latency histogram: ``latency_counts[i]`` calls took at most
     ``latency_us_bounds[i]`` microseconds (the last count is unbounded).
 
