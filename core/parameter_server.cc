@@ -7,7 +7,6 @@
 #include <numeric>
 
 #include "core/error.h"
-#include "core/key_hash.h"
 #include "core/log.h"
 #include "core/scratch.h"
 #include "core/table_file.h"
