@@ -92,33 +92,10 @@ void EmbeddingCache::Query(const int64_t* keys, int64_t n, float* values, uint64
   // (under the lock again, after checking that the way still holds the key).
   constexpr int64_t kStage = 8;
   constexpr int64_t kRing = 4 * kStage;  // > 2 * kStage keys in flight; a power of 2
-  // Hot keys repeat within a batch (a zipf batch is mostly repeats). A small
-  // direct-mapped table remembers where recent hits were copied to, and a
-  // repeat copies that output row instead of taking the set lock again: no
-  // cache-line traffic between threads on the hottest sets, and every
-  // occurrence of a key in one call gets the same row.
-  constexpr int kRecent = 256;  // a power of 2
-  constexpr int kFromOutput = -2;
-  struct Recent {
-    int64_t key;
-    int64_t position;  // -1: empty
-  };
-  Recent recent[kRecent];
-  for (Recent& r : recent) r.position = -1;
-  auto recent_of = [&](int64_t key) -> Recent& {
-    return recent[(static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ULL) >> 56 & (kRecent - 1)];
-  };
   slab::Home homes[kRing];
   int ways[kRing];
-  int64_t sources[kRing];
   const slab::HostLanes lanes;
   auto find = [&](int64_t j) {
-    const Recent& r = recent_of(keys[j]);
-    if (r.position >= 0 && r.key == keys[j]) {  // copied already in this call
-      ways[j % kRing] = kFromOutput;
-      sources[j % kRing] = r.position;
-      return;
-    }
     const slab::Home home = homes[j % kRing];
     const int64_t base = home.set * kWays;
     int way;
@@ -137,33 +114,25 @@ void EmbeddingCache::Query(const int64_t* keys, int64_t n, float* values, uint64
   for (int64_t j = 0; j < std::min(n, kStage); ++j) find(j);
   for (int64_t i = 0; i < n; ++i) {
     if (i + 2 * kStage < n) homes[(i + 2 * kStage) % kRing] = Prefetch(keys[i + 2 * kStage]);
-    int way = ways[i % kRing];
-    if (way == kFromOutput) {
-      std::memcpy(values + i * dim_, values + sources[i % kRing] * dim_, row_bytes_);
-    } else if (way < 0) {
-      missing->push_back(i);
-    } else {
-      const slab::Home home = homes[i % kRing];
-      const int64_t base = home.set * kWays;
-      bool hit = true;
-      {
-        SetLock lock(locks_[home.set]);
-        if (keys_[base + way] != keys[i] || stamps_[base + way] == 0) {
-          // A Replace took the way in between: probe again.
-          way = slab::FindWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, keys[i]);
-          if (way >= 0) slab::Touch(&stamps_[base + way], stamp);
-          hit = way >= 0;
-        }
-        if (hit) std::memcpy(values + i * dim_, values_.get() + (base + way) * dim_, row_bytes_);
-      }
-      if (hit) {
-        recent_of(keys[i]) = Recent{keys[i], i};
-      } else {
-        missing->push_back(i);
-      }
-    }
-    // Find a later key only now, so that the table above has seen position i.
     if (i + kStage < n) find(i + kStage);
+    int way = ways[i % kRing];
+    if (way < 0) {
+      missing->push_back(i);
+      continue;
+    }
+    const slab::Home home = homes[i % kRing];
+    const int64_t base = home.set * kWays;
+    SetLock lock(locks_[home.set]);
+    if (keys_[base + way] != keys[i] || stamps_[base + way] == 0) {
+      // A Replace took the way in between: probe again.
+      way = slab::FindWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, keys[i]);
+      if (way < 0) {
+        missing->push_back(i);
+        continue;
+      }
+      slab::Touch(&stamps_[base + way], stamp);
+    }
+    std::memcpy(values + i * dim_, values_.get() + (base + way) * dim_, row_bytes_);
   }
 }
 
