@@ -167,63 +167,72 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
   const auto start = std::chrono::steady_clock::now();
   const int64_t dim = table.dim;
   const size_t row_bytes = dim * sizeof(float);
+
+  // Buffers of this thread's previous lookups are reused: nothing on this path
+  // allocates once a thread has served its largest batch. (parallel_for's
+  // workers must see the caller's buffers, so they reach them through these
+  // references, never by their thread_local names.)
+  thread_local UniqueKeys this_thread_unique;
+  thread_local ScratchBuffer<float> this_thread_rows;
+  UniqueKeys& unique = this_thread_unique;
+  Dedup(keys, n, &unique);
+  const int64_t u = static_cast<int64_t>(unique.keys.size());
+  float* rows = this_thread_rows.Get(u * dim);  // (u, dim): the row of each distinct key
   table.stats.lookups.fetch_add(1, std::memory_order_relaxed);
   table.stats.keys.fetch_add(n, std::memory_order_relaxed);
 
-  // L1 answers straight into the output, one probe per key: a hot key repeated
-  // in the batch is a cache-resident hit each time, which costs less than
-  // de-duplicating the whole batch first. Only the misses are de-duplicated.
-  std::vector<int64_t> missing;  // positions L1 did not answer, ascending
-  // One LRU stamp for the whole batch: its misses, inserted below, are as
-  // recent as its hits, so they never evict the rows this batch just used.
+  // L1, once per distinct key. One LRU stamp for the whole batch: its misses,
+  // inserted below, are as recent as its hits, so they never evict the rows
+  // this batch just used.
   const uint64_t stamp = table.cache ? table.cache->NextStamp() : 0;
+  std::vector<int64_t> missing;  // distinct keys L1 did not hold (indices into unique.keys), ascending
   if (table.cache) {
     std::mutex merge_mutex;
-    parallel_for(n, 100 + dim / 4, [&](int64_t begin, int64_t end) {
+    parallel_for(u, 200 + dim / 4, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> local;
-      table.cache->Query(keys + begin, end - begin, out + begin * dim, stamp, &local);
+      table.cache->Query(unique.keys.data() + begin, end - begin, rows + begin * dim, stamp, &local);
       if (local.empty()) return;
       std::lock_guard<std::mutex> lock(merge_mutex);
       for (int64_t i : local) missing.push_back(begin + i);
     });
     std::sort(missing.begin(), missing.end());
-    table.stats.l1_hits.fetch_add(n - static_cast<int64_t>(missing.size()), std::memory_order_relaxed);
   } else {
-    missing.resize(n);
+    missing.resize(u);
     std::iota(missing.begin(), missing.end(), 0);
   }
+
+  // Lower tiers, then the default, for what L1 did not hold.
+  int64_t missed_positions = 0;
   if (!missing.empty()) {
-    // Lower tiers, then the default, once per distinct missed key. Buffers of
-    // this thread's previous lookups are reused; parallel_for's workers reach
-    // them through these references, never by their thread_local names.
-    thread_local UniqueKeys this_thread_unique;
-    thread_local ScratchBuffer<int64_t> this_thread_miss_keys;
-    thread_local ScratchBuffer<float> this_thread_rows;
-    UniqueKeys& unique = this_thread_unique;
     const int64_t m = static_cast<int64_t>(missing.size());
-    int64_t* miss_keys = this_thread_miss_keys.Get(m);
-    for (int64_t j = 0; j < m; ++j) miss_keys[j] = keys[missing[j]];
-    Dedup(miss_keys, m, &unique);
-    const int64_t u = static_cast<int64_t>(unique.keys.size());
-    table.stats.missed_keys.fetch_add(u, std::memory_order_relaxed);
-    float* rows = this_thread_rows.Get(u * dim);  // (u, dim)
-    std::vector<char> found(u, 0);
-    FetchFromDatabases(table, unique.keys.data(), u, rows, &found, parallel_for);
-    parallel_for(m, 10 + dim / 4, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) std::memcpy(out + missing[j] * dim, rows + unique.index[j] * dim, row_bytes);
-    });
-    if (table.cache) {
-      std::vector<int64_t> insert_keys;
-      std::vector<float> insert_rows;
-      for (int64_t j = 0; j < u; ++j) {
-        if (!found[j]) continue;  // defaults are never cached
-        insert_keys.push_back(unique.keys[j]);
-        insert_rows.insert(insert_rows.end(), rows + j * dim, rows + (j + 1) * dim);
+    table.stats.missed_keys.fetch_add(m, std::memory_order_relaxed);
+    std::vector<int64_t> miss_keys(m);
+    for (int64_t j = 0; j < m; ++j) miss_keys[j] = unique.keys[missing[j]];
+    std::vector<float> fetched(m * dim);
+    std::vector<char> found(m, 0);
+    FetchFromDatabases(table, miss_keys.data(), m, fetched.data(), &found, parallel_for);
+    std::vector<int64_t> insert_keys;
+    std::vector<float> insert_rows;
+    for (int64_t j = 0; j < m; ++j) {
+      std::memcpy(rows + missing[j] * dim, fetched.data() + j * dim, row_bytes);
+      if (table.cache && found[j]) {  // defaults are never cached
+        insert_keys.push_back(miss_keys[j]);
+        insert_rows.insert(insert_rows.end(), fetched.data() + j * dim, fetched.data() + (j + 1) * dim);
       }
-      if (!insert_keys.empty())
-        InsertIntoCache(table, 1.0 - static_cast<double>(m) / n, stamp, &insert_keys, &insert_rows);
     }
+    if (!insert_keys.empty())
+      InsertIntoCache(table, 1.0 - static_cast<double>(m) / u, stamp, &insert_keys, &insert_rows);
+    // Counters are per key occurrence: how many positions those keys filled.
+    std::vector<char> was_missed(u, 0);
+    for (int64_t j : missing) was_missed[j] = 1;
+    for (int64_t i = 0; i < n; ++i) missed_positions += was_missed[unique.index[i]];
   }
+  table.stats.l1_hits.fetch_add(n - missed_positions, std::memory_order_relaxed);
+
+  // Scatter back to the caller's order.
+  parallel_for(n, 10 + dim / 4, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) std::memcpy(out + i * dim, rows + unique.index[i] * dim, row_bytes);
+  });
   table.stats.RecordLatency(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
 }

@@ -2,17 +2,16 @@
 // configuration, and answers batched lookups through them.
 //
 // Data path of one lookup (LookupSession in the docs):
-//   1. L1: every key is queried in the table's embedding cache, hits copied
-//      straight into the output;
-//   2. dedup: the missed keys are reduced to distinct keys, each looked up once;
-//   3. they go to the volatile database (VDB), its misses to the
+//   1. dedup: the batch's keys are reduced to distinct keys, each looked up once;
+//   2. L1: the distinct keys are queried in the table's embedding cache;
+//   3. misses go to the volatile database (VDB), its misses to the
 //      persistent database (PDB), and what is still missing gets the table's
 //      default value in every element; with cache_missed_embeddings, rows
 //      only the PDB held are written into the VDB;
-//   4. their rows are copied to every output position of their key, and the
-//      rows found below L1 are inserted into the cache (before returning, or
+//   4. rows found below L1 are inserted into the cache (before returning, or
 //      by the background inserter for a warm batch); every answer is exact
-//      and never depends on what the cache held.
+//      and never depends on what the cache held;
+//   5. rows are scattered back to the caller's key order.
 // Work is split over the caller's thread pool (TF's CPU workers in the op).
 #ifndef TF_HPS_CORE_PARAMETER_SERVER_H_
 #define TF_HPS_CORE_PARAMETER_SERVER_H_
