@@ -358,6 +358,14 @@ void ValidateUpdateSource(UpdateSourceConfig& c) {
                 {"kafka_mq", "kafka_message_queue"}});
 }
 
+// Reads one JSON object's known fields with `visit`, then reports the rest.
+template <class VisitFn>
+void ReadObject(const Json& object, const std::string& path, std::vector<std::string>* warnings, VisitFn&& visit) {
+  JsonReader reader(object, path, warnings);
+  visit(reader);
+  reader.WarnUnknownKeys();
+}
+
 Json ParseJson(const std::string& json_text) {
   try {
     return Json::parse(json_text);
@@ -393,31 +401,20 @@ ParameterServerConfig ParseConfig(const std::string& json_text, const std::strin
   for (size_t i = 0; i < models->size(); ++i) {
     const std::string at = "models[" + std::to_string(i) + "]";
     ModelConfig model;
-    JsonReader reader((*models)[i], at, warnings);
-    VisitModel(reader, model);
-    reader.WarnUnknownKeys();
+    ReadObject((*models)[i], at, warnings, [&](JsonReader& r) { VisitModel(r, model); });
     ValidateModel(model, at, base_dir);
     if (!model_names.insert(model.model).second)
       Fail(at + ".model", "duplicate model name '" + model.model + "'");
     config.models.push_back(std::move(model));
   }
-  if (const Json* v = top.Find("volatile_db")) {
-    JsonReader reader(*v, "volatile_db", warnings);
-    VisitVolatileDb(reader, config.volatile_db);
-    reader.WarnUnknownKeys();
-  }
+  if (const Json* v = top.Find("volatile_db"))
+    ReadObject(*v, "volatile_db", warnings, [&](JsonReader& r) { VisitVolatileDb(r, config.volatile_db); });
   ValidateVolatileDb(config.volatile_db);
-  if (const Json* p = top.Find("persistent_db")) {
-    JsonReader reader(*p, "persistent_db", warnings);
-    VisitPersistentDb(reader, config.persistent_db);
-    reader.WarnUnknownKeys();
-  }
+  if (const Json* p = top.Find("persistent_db"))
+    ReadObject(*p, "persistent_db", warnings, [&](JsonReader& r) { VisitPersistentDb(r, config.persistent_db); });
   ValidatePersistentDb(config.persistent_db, base_dir);
-  if (const Json* u = top.Find("update_source")) {
-    JsonReader reader(*u, "update_source", warnings);
-    VisitUpdateSource(reader, config.update_source);
-    reader.WarnUnknownKeys();
-  }
+  if (const Json* u = top.Find("update_source"))
+    ReadObject(*u, "update_source", warnings, [&](JsonReader& r) { VisitUpdateSource(r, config.update_source); });
   ValidateUpdateSource(config.update_source);
   top.WarnUnknownKeys();
   return config;
@@ -425,22 +422,16 @@ ParameterServerConfig ParseConfig(const std::string& json_text, const std::strin
 
 VolatileDbConfig ParseVolatileDbConfig(const std::string& json_text, const std::string&,
                                        std::vector<std::string>* warnings) {
-  const Json root = ParseJson(json_text);
   VolatileDbConfig config;
-  JsonReader reader(root, "volatile_db", warnings);
-  VisitVolatileDb(reader, config);
-  reader.WarnUnknownKeys();
+  ReadObject(ParseJson(json_text), "volatile_db", warnings, [&](JsonReader& r) { VisitVolatileDb(r, config); });
   ValidateVolatileDb(config);
   return config;
 }
 
 PersistentDbConfig ParsePersistentDbConfig(const std::string& json_text, const std::string& base_dir,
                                            std::vector<std::string>* warnings) {
-  const Json root = ParseJson(json_text);
   PersistentDbConfig config;
-  JsonReader reader(root, "persistent_db", warnings);
-  VisitPersistentDb(reader, config);
-  reader.WarnUnknownKeys();
+  ReadObject(ParseJson(json_text), "persistent_db", warnings, [&](JsonReader& r) { VisitPersistentDb(r, config); });
   ValidatePersistentDb(config, base_dir);
   return config;
 }

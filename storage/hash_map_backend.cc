@@ -315,28 +315,25 @@ int64_t HashMapBackend::Fetch(const std::string& table, int64_t n, const int64_t
   return hits;
 }
 
-int64_t HashMapBackend::Size(const std::string& table) const {
+template <class Fn>
+int64_t HashMapBackend::SumOverPartitions(const std::string& table, Fn&& fn) const {
   std::shared_lock<std::shared_mutex> lock(tables_mutex_);
   auto it = tables_.find(table);
   if (it == tables_.end()) return 0;
-  int64_t size = 0;
+  int64_t sum = 0;
   for (const auto& p : it->second->partitions) {
     std::shared_lock<std::shared_mutex> part_lock(p->mutex);
-    size += p->size();
+    sum += fn(*p);
   }
-  return size;
+  return sum;
+}
+
+int64_t HashMapBackend::Size(const std::string& table) const {
+  return SumOverPartitions(table, [](const Partition& p) { return p.size(); });
 }
 
 int64_t HashMapBackend::MemoryBytes(const std::string& table) const {
-  std::shared_lock<std::shared_mutex> lock(tables_mutex_);
-  auto it = tables_.find(table);
-  if (it == tables_.end()) return 0;
-  int64_t bytes = 0;
-  for (const auto& p : it->second->partitions) {
-    std::shared_lock<std::shared_mutex> part_lock(p->mutex);
-    bytes += p->MemoryBytes();
-  }
-  return bytes;
+  return SumOverPartitions(table, [](const Partition& p) { return p.MemoryBytes(); });
 }
 
 int64_t HashMapBackend::Evict(const std::string& table, int64_t n, const int64_t* keys) {

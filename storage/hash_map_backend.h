@@ -59,6 +59,10 @@ class HashMapBackend : public DatabaseBackend {
   // it exists with another dimension.
   Table* FindTable(const std::string& table, int64_t dim, bool create) const;
 
+  // Sum of fn(partition) over the table's partitions, each under its read lock; 0 for an unknown table.
+  template <class Fn>
+  int64_t SumOverPartitions(const std::string& table, Fn&& fn) const;
+
   const VolatileDbConfig config_;
   mutable std::shared_mutex tables_mutex_;  // guards the map, not the tables
   mutable std::map<std::string, std::unique_ptr<Table>> tables_;
