@@ -130,13 +130,15 @@ class ParameterServer {
   void Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
               const ParallelFor& parallel_for) const;
 
- private:
-  void LoadTable(const ModelConfig& model, int64_t table_id, EmbeddingTable* table);
-
-  // Looks keys (m) up in the VDB, then the PDB, writing rows (m, dim) and
-  // found[i] = 1 for each key some tier held; the others get the default.
+  // The tiers below L1, for callers that keep their own L1 (the GPU cache):
+  // looks distinct keys (m) up in the VDB, then the PDB, writing rows
+  // (m, dim) and found[i] = 1 for each key some tier held; the others get
+  // the default. Counts vdb_hits, pdb_hits and defaults. Thread-safe.
   void FetchFromDatabases(const EmbeddingTable& table, const int64_t* keys, int64_t m, float* rows,
                           std::vector<char>* found, const ParallelFor& parallel_for) const;
+
+ private:
+  void LoadTable(const ModelConfig& model, int64_t table_id, EmbeddingTable* table);
 
   // "hash_map + rocks_db", for logs.
   std::string TierNames() const;
