@@ -4,8 +4,10 @@
 // The set logic lives in core/slab_set.h and is shared with the GPU: sets of
 // 2 slabs x 32 ways, stamp 0 = empty (no reserved key), a batch-grained LRU
 // clock, eviction of the oldest way of a full set. Here it runs through the
-// host lane adapter, and each set is guarded by a one-byte spin lock, held
-// only while one key is probed and its row copied (so rows are never torn).
+// host lane adapter. Each set has a sequence word: writers hold it (odd) while
+// they change the set; lookups take nothing and check the word before and
+// after reading, redoing a key under the lock when a writer interfered, so
+// rows are never torn and concurrent lookups of hot sets never serialise.
 //
 // Values live in host memory, one row per way: (num_sets * 64, dim) floats.
 #ifndef TF_HPS_CORE_EMBEDDING_CACHE_H_
@@ -37,8 +39,12 @@ class EmbeddingCache {
 
   // For each key found, copies its row into values[i] (values: (n, dim)) and
   // refreshes its stamp; appends the index of each key not found to `missing`
-  // in increasing order. Rows of missed keys are left untouched.
-  void Query(const int64_t* keys, int64_t n, float* values, uint64_t stamp, std::vector<int64_t>* missing);
+  // in increasing order. Rows of missed keys are left untouched. With
+  // `value_rows`, key i's row goes to values[value_rows[i]] instead (the
+  // lookup session writes each distinct key straight into the first output
+  // position that asked for it, saving one copy of every row).
+  void Query(const int64_t* keys, int64_t n, float* values, uint64_t stamp, std::vector<int64_t>* missing,
+             const int64_t* value_rows = nullptr);
 
   // Inserts rows (keys: (n), values: (n, dim)): a cached key gets the new row
   // and a fresh stamp; another takes an empty way of its set, else evicts the
@@ -74,7 +80,7 @@ class EmbeddingCache {
   Buffer<int64_t> keys_;                // (num_sets * kWays)
   Buffer<uint64_t> stamps_;             // (num_sets * kWays), 0 = empty
   Buffer<float> values_;                // (num_sets * kWays, dim)
-  mutable std::unique_ptr<std::atomic<uint8_t>[]> locks_;  // (num_sets), 1 = held
+  mutable std::unique_ptr<std::atomic<uint32_t>[]> seqs_;  // (num_sets), odd = a writer holds the set
   std::atomic<uint64_t> clock_{0};
 };
 

@@ -8,7 +8,6 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "core/scratch.h"
 #include "core/table_file.h"
 #include "core/unique_keys.h"
 #include "storage/factory.h"
@@ -173,13 +172,14 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
   // workers must see the caller's buffers, so they reach them through these
   // references, never by their thread_local names.)
   thread_local UniqueKeys this_thread_unique;
-  thread_local ScratchBuffer<float> this_thread_rows;
   UniqueKeys& unique = this_thread_unique;
   Dedup(keys, n, &unique);
   const int64_t u = static_cast<int64_t>(unique.keys.size());
-  float* rows = this_thread_rows.Get(u * dim);  // (u, dim): the row of each distinct key
   table.stats.lookups.fetch_add(1, std::memory_order_relaxed);
   table.stats.keys.fetch_add(n, std::memory_order_relaxed);
+
+  // Each distinct key's row is written once, into the first output position
+  // that asked for it (unique.first); step 5 copies it to the key's repeats.
 
   // L1, once per distinct key. One LRU stamp for the whole batch: its misses,
   // inserted below, are as recent as its hits, so they never evict the rows
@@ -190,7 +190,7 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
     std::mutex merge_mutex;
     parallel_for(u, 200 + dim / 4, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> local;
-      table.cache->Query(unique.keys.data() + begin, end - begin, rows + begin * dim, stamp, &local);
+      table.cache->Query(unique.keys.data() + begin, end - begin, out, stamp, &local, unique.first.data() + begin);
       if (local.empty()) return;
       std::lock_guard<std::mutex> lock(merge_mutex);
       for (int64_t i : local) missing.push_back(begin + i);
@@ -214,7 +214,7 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
     std::vector<int64_t> insert_keys;
     std::vector<float> insert_rows;
     for (int64_t j = 0; j < m; ++j) {
-      std::memcpy(rows + missing[j] * dim, fetched.data() + j * dim, row_bytes);
+      std::memcpy(out + unique.first[missing[j]] * dim, fetched.data() + j * dim, row_bytes);
       if (table.cache && found[j]) {  // defaults are never cached
         insert_keys.push_back(miss_keys[j]);
         insert_rows.insert(insert_rows.end(), fetched.data() + j * dim, fetched.data() + (j + 1) * dim);
@@ -229,10 +229,15 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
   }
   table.stats.l1_hits.fetch_add(n - missed_positions, std::memory_order_relaxed);
 
-  // Scatter back to the caller's order.
-  parallel_for(n, 10 + dim / 4, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) std::memcpy(out + i * dim, rows + unique.index[i] * dim, row_bytes);
-  });
+  // Copy each row to the later positions of its key.
+  if (u < n) {
+    parallel_for(n, 10 + dim / 4, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t source = unique.first[unique.index[i]];
+        if (source != i) std::memcpy(out + i * dim, out + source * dim, row_bytes);
+      }
+    });
+  }
   table.stats.RecordLatency(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
 }

@@ -11,7 +11,8 @@
 //   4. rows found below L1 are inserted into the cache (before returning, or
 //      by the background inserter for a warm batch); every answer is exact
 //      and never depends on what the cache held;
-//   5. rows are scattered back to the caller's key order.
+//   5. each distinct key's row, written into the first output position of
+//      that key, is copied to the key's other positions.
 // Work is split over the caller's thread pool (TF's CPU workers in the op).
 #ifndef TF_HPS_CORE_PARAMETER_SERVER_H_
 #define TF_HPS_CORE_PARAMETER_SERVER_H_

@@ -105,7 +105,7 @@ struct HostLanes {
 
   // Lanes whose slot is empty.
   uint32_t EmptyMask(const uint64_t* stamps) const {
-    return Ballot([&](int lane) { return stamps[lane] == 0; });
+    return EqualMask(reinterpret_cast<const int64_t*>(stamps), 0);
   }
 
   // The smallest candidate(lane) over the lanes.
@@ -120,8 +120,9 @@ struct HostLanes {
   }
 
  private:
-  // Lanes whose key equals `key`, whatever their stamp: the hot compare of a
-  // lookup, 16 SSE2 compares of two keys each.
+  // Lanes whose key equals `key`, whatever their stamp (and, with stamps and
+  // 0, the empty lanes): the hot compare of a lookup, 16 SSE2 compares of
+  // two slots each.
   static uint32_t EqualMask(const int64_t* keys, int64_t key) {
 #ifdef TF_HPS_SLAB_SSE2
     const __m128i want = _mm_set1_epi64x(key);

@@ -14,10 +14,11 @@ namespace tf_hps {
 // input position the index of its key among them.
 struct UniqueKeys {
   std::vector<int64_t> keys;   // (u)
+  std::vector<int64_t> first;  // (u): the first input position of each distinct key
   std::vector<int64_t> index;  // (n), values in [0, u)
 };
 
-// Open addressing over a power-of-two table at load <= 0.5; O(n).
+// Open addressing over a power-of-two table at load <= 0.5; O(n). n < 2^32.
 void Dedup(const int64_t* keys, int64_t n, UniqueKeys* out);
 
 // Runs fetch(u, unique_keys, unique_values (u, dim), &unique_missing) on the
