@@ -83,8 +83,9 @@ clean:
 	rm -rf $(BUILD) tf_hps/_tf_hps_*.so
 
 # ---------------------------------------------------------------------------
-# CUDA: the GPU embedding cache (ops/cuda/), TF-free behind a C ABI, with the
-# CUDA runtime linked statically. It builds without a GPU, and `make test`
+# CUDA: the GPU embedding cache, the static GPU table and the GPU lookup
+# pipeline (ops/cuda/), TF-free behind C ABIs, with the CUDA runtime linked
+# statically. It builds without a GPU, and `make test`
 # always builds it. nvcc is the one `scripts/bootstrap.sh cuda` names: $NVCC,
 # nvcc on PATH, $CUDA_HOME/bin/nvcc, else a CUDA 13 toolkit that it installs
 # from PyPI wheels into build/cuda.
@@ -106,9 +107,41 @@ $(GPU_CACHE_LIB): $(GPU_CACHE_SRCS) $(GPU_CACHE_HDRS) scripts/bootstrap.sh
 	  "$$nvcc" $(NVCC_FLAGS) $(GPU_CACHE_SRCS) -o $@
 
 $(CACHE_HOST_LIB): tests/cache_host_shim.cc core/embedding_cache.cc core/embedding_cache.h core/slab_set.h \
-		core/key_hash.h
+		core/key_hash.h core/unique_keys.cc core/unique_keys.h
 	@mkdir -p $(dir $@)
 	@echo "  CXX $@"
-	@g++ $(CXXFLAGS) -shared tests/cache_host_shim.cc core/embedding_cache.cc -o $@
+	@g++ $(CXXFLAGS) -shared tests/cache_host_shim.cc core/embedding_cache.cc core/unique_keys.cc -o $@
 
 test: gpu
+
+# ---------------------------------------------------------------------------
+# GPU kernels of the TF op (ops/cuda/hps_gpu_kernels.cc): plain C++ compiled by
+# g++ against TF's GPU-build headers (-DGOOGLE_CUDA=1). It launches no CUDA
+# work and links no CUDA runtime: the device work is _tf_hps_gpu_cache.so's
+# (C ABI, ops/cuda/gpu_lookup_c_api.h). It links against _tf_hps_ops.so and
+# finds both libraries next to itself ($ORIGIN), so it shares the op library's
+# ParameterServerRegistry instead of loading a second copy.
+# TF's headers name CUDA headers third_party/gpus/cuda/include/..., which the
+# pip wheel lacks: build/tf_gpu_shim maps that path onto the toolkit's include
+# folder, found from the nvcc that `scripts/bootstrap.sh cuda` names (the
+# TOP its --dryrun prints, which sees through wrapper scripts).
+# --no-as-needed keeps both libraries NEEDED, so a missing C ABI symbol fails
+# at load time naming the symbol rather than the dependency going unnoticed.
+#   make gpu   also builds tf_hps/_tf_hps_ops_gpu.so
+GPU_OP_LIB := tf_hps/_tf_hps_ops_gpu.so
+GPU_OP_SRCS := $(call bzl_list,HPS_GPU_OP_SRCS)
+TF_GPU_SHIM := $(BUILD)/tf_gpu_shim
+
+$(GPU_OP_LIB): $(GPU_OP_SRCS) $(HDRS) ops/cuda/gpu_lookup_c_api.h $(BUILD)/tf_flags.mk $(LIB) $(GPU_CACHE_LIB) \
+		scripts/bootstrap.sh
+	@nvcc="$$(scripts/bootstrap.sh cuda)" && \
+	  top="$$("$$nvcc" --dryrun -x cu -c /dev/null 2>&1 | sed -n 's/^#\$$ TOP=//p')" && \
+	  cuda_include="$$(cd "$${top:-$$(dirname "$$nvcc")/..}/include" && pwd -P)" && \
+	  mkdir -p $(TF_GPU_SHIM)/third_party/gpus/cuda && \
+	  ln -sfn "$$cuda_include" $(TF_GPU_SHIM)/third_party/gpus/cuda/include && \
+	  echo "  CXX $@ (CUDA headers: $$cuda_include)" && \
+	  g++ $(CXXFLAGS) -shared -DGOOGLE_CUDA=1 $(TF_CFLAGS) -I$(TF_GPU_SHIM) -I"$$cuda_include" $(GPU_OP_SRCS) \
+	    -o $@ -Ltf_hps -Wl,--no-as-needed -l:$(notdir $(LIB)) -l:$(notdir $(GPU_CACHE_LIB)) -Wl,--as-needed \
+	    -Wl,-rpath,'$$ORIGIN' $(TF_LFLAGS)
+
+gpu: $(GPU_OP_LIB)

@@ -8,6 +8,7 @@
 
 #include "core/embedding_cache.h"
 #include "core/slab_set.h"
+#include "core/unique_keys.h"
 
 using tf_hps::EmbeddingCache;
 
@@ -73,6 +74,91 @@ void hps_cache_host_home(int64_t key, int64_t num_sets, int64_t* set, int32_t* f
   const tf_hps::slab::Home home = tf_hps::slab::HomeOf(key, num_sets);
   *set = home.set;
   *first_slab = home.first_slab;
+}
+
+// A dense table for benchmarks: key k is row k for 0 <= k < num_rows; other
+// keys get `default_value` (found = 0).
+struct DenseTable {
+  const float* rows;  // (num_rows, dim)
+  int64_t num_rows;
+  int64_t dim;
+  float default_value;
+};
+
+// The GPU pipeline's fetch callback (hps_gpu_fetch_fn of
+// ops/cuda/gpu_lookup_c_api.h) over a DenseTable, in C++, so benchmarks time
+// the pipeline rather than a Python callback.
+int hps_cache_host_dense_fetch(void* ctx, const int64_t* keys, int64_t m, float* rows, int8_t* found) {
+  const auto* table = static_cast<const DenseTable*>(ctx);
+  const int64_t dim = table->dim;
+  for (int64_t j = 0; j < m; ++j) {
+    float* row = rows + j * dim;
+    found[j] = keys[j] >= 0 && keys[j] < table->num_rows;
+    if (found[j]) {
+      std::memcpy(row, table->rows + keys[j] * dim, dim * sizeof(float));
+    } else {
+      for (int64_t d = 0; d < dim; ++d) row[d] = table->default_value;
+    }
+  }
+  return 0;
+}
+
+// The CPU lookup path on one thread, the baseline of benchmarks/gpu_lookup.py
+// and the host twin of hps_gpu_lookup_query: dedup (core/unique_keys.h) ->
+// L1 query of the distinct keys -> their misses from `table` (through
+// hps_cache_host_dense_fetch, as the GPU pipeline's benchmark does) ->
+// Replace of the rows found, with the batch's stamp -> each position copies
+// its key's row. counts (5 int64): keys, l1_hits, missed_keys, inserted,
+// evicted. Scratch is per thread and reused.
+void hps_cache_host_lookup(void* cache, const int64_t* keys, int64_t n, float* out, const DenseTable* table,
+                           int64_t* counts) {
+  auto* c = static_cast<EmbeddingCache*>(cache);
+  const int64_t dim = c->dim();
+  const size_t row_bytes = dim * sizeof(float);
+  thread_local tf_hps::UniqueKeys unique;
+  thread_local std::vector<float> rows, fetched, insert_rows;
+  thread_local std::vector<int64_t> missing, missed_keys, insert_keys;
+  thread_local std::vector<int8_t> found;
+  thread_local std::vector<char> missed;
+  tf_hps::Dedup(keys, n, &unique);
+  const int64_t u = static_cast<int64_t>(unique.keys.size());
+  rows.resize(u * dim);
+  missing.clear();
+  const uint64_t stamp = c->NextStamp();
+  c->Query(unique.keys.data(), u, rows.data(), stamp, &missing);
+  const int64_t m = static_cast<int64_t>(missing.size());
+  missed.assign(u, 0);
+  missed_keys.resize(m);
+  for (int64_t j = 0; j < m; ++j) {
+    missed[missing[j]] = 1;
+    missed_keys[j] = unique.keys[missing[j]];
+  }
+  fetched.resize(m * dim);
+  found.resize(m);
+  if (m > 0) hps_cache_host_dense_fetch(const_cast<DenseTable*>(table), missed_keys.data(), m, fetched.data(),
+                                        found.data());
+  insert_keys.clear();
+  insert_rows.clear();
+  for (int64_t j = 0; j < m; ++j) {
+    const float* row = fetched.data() + j * dim;
+    std::memcpy(rows.data() + missing[j] * dim, row, row_bytes);
+    if (!found[j]) continue;
+    insert_keys.push_back(missed_keys[j]);
+    insert_rows.insert(insert_rows.end(), row, row + dim);
+  }
+  const int64_t inserted = static_cast<int64_t>(insert_keys.size());
+  const int64_t evicted = inserted > 0 ? c->Replace(insert_keys.data(), inserted, insert_rows.data(), stamp) : 0;
+  int64_t missed_positions = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = unique.index[i];
+    missed_positions += missed[j];
+    std::memcpy(out + i * dim, rows.data() + j * dim, row_bytes);
+  }
+  counts[0] = n;
+  counts[1] = n - missed_positions;
+  counts[2] = m;
+  counts[3] = inserted;
+  counts[4] = evicted;
 }
 
 }  // extern "C"

@@ -326,3 +326,206 @@ class GpuCache:
         keys = self.host(d_out, np.zeros(room, self.key_dtype))[:count]
         self.release(d_out, d_count)
         return sorted(int(k) for k in keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU lookup pipeline (ops/cuda/gpu_lookup_c_api.h), driven from numpy.
+
+FETCH_FAILED = 10001
+INVALID_ARGUMENT = 10002
+FETCH_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
+                            ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int8))
+
+
+class LookupCounts(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in ("keys", "l1_hits", "missed_keys", "inserted", "evicted")]
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name, _ in self._fields_}
+
+
+class NumpyTiers:
+    """The tiers below L1 for the pipeline's fetch callback: a table of (keys, rows); absent keys
+    get found = 0 and a row of `default`. Records the keys of every call; `fail` makes the
+    callback return that code instead."""
+
+    def __init__(self, keys, rows, default: float = 0.0):
+        keys = np.asarray(keys, np.int64)
+        order = np.argsort(keys, kind="stable")
+        # For a key given twice the last row counts, as in the static table.
+        last = np.ones(len(keys), bool)
+        if len(keys):
+            sorted_keys = keys[order]
+            last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+        self.keys = keys[order][last]
+        self.rows = np.asarray(rows, np.float32)[order][last]
+        self.dim = self.rows.shape[1]
+        self.default = np.float32(default)
+        self.calls: list[np.ndarray] = []
+        self.fail = 0
+        self.fn = FETCH_FN(self._fetch)
+
+    def lookup(self, keys) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, found) of keys (int64), the expected answer of every tier below L1."""
+        keys = np.asarray(keys, np.int64)
+        pos = np.searchsorted(self.keys, keys)
+        found = pos < len(self.keys)
+        found[found] = self.keys[pos[found]] == keys[found]
+        rows = np.full((len(keys), self.dim), self.default, np.float32)
+        rows[found] = self.rows[pos[found]]
+        return rows, found
+
+    def _fetch(self, ctx, keys_ptr, m, rows_ptr, found_ptr) -> int:
+        try:
+            keys = np.ctypeslib.as_array(keys_ptr, (m,)).copy()
+            self.calls.append(keys)
+            if self.fail:
+                return self.fail
+            rows, found = self.lookup(keys)
+            np.ctypeslib.as_array(rows_ptr, (m, self.dim))[:] = rows
+            np.ctypeslib.as_array(found_ptr, (m,))[:] = found
+            return 0
+        except Exception:  # an exception cannot cross the C boundary: report a failure
+            import traceback
+            traceback.print_exc()
+            return 99
+
+
+def device_lib():
+    """tf_hps/_tf_hps_gpu_cache.so with the argument types of both C ABIs."""
+    lib = GpuCache.lib()
+    if not hasattr(lib, "_lookup_types"):
+        i64, vp, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+        lib.hps_gpu_lookup_create_dynamic.argtypes = [i64, i64, i32, ctypes.POINTER(vp)]
+        lib.hps_gpu_lookup_create_static.argtypes = [vp, i64, vp, i64, i32, ctypes.POINTER(vp)]
+        lib.hps_gpu_lookup_destroy.argtypes = [vp]
+        lib.hps_gpu_lookup_query.argtypes = [vp, vp, i64, vp, FETCH_FN, vp, vp, ctypes.POINTER(LookupCounts)]
+        lib.hps_gpu_lookup_query_l1.argtypes = [vp, vp, i64, vp, vp, vp, vp]
+        lib.hps_gpu_lookup_update.argtypes = [vp, vp, i64, vp]
+        lib.hps_gpu_lookup_size.restype = i64
+        lib.hps_gpu_lookup_size.argtypes = [vp]
+        lib.hps_gpu_lookup_evicted.restype = i64
+        lib.hps_gpu_lookup_evicted.argtypes = [vp]
+        lib.hps_gpu_lookup_last_error.restype = ctypes.c_char_p
+        lib._lookup_types = True
+    return lib
+
+
+def last_error() -> str:
+    return device_lib().hps_gpu_lookup_last_error().decode()
+
+
+class DeviceArray:
+    """Device memory (hps_gpu_malloc) holding a copy of a host array, or room for one."""
+
+    def __init__(self, host: np.ndarray, copy: bool = True):
+        self.shape, self.dtype = host.shape, host.dtype
+        self.ptr = ctypes.c_void_p()
+        GpuCache.check(device_lib().hps_gpu_malloc(max(host.nbytes, 16), ctypes.byref(self.ptr)))
+        if copy and host.nbytes:
+            GpuCache.check(device_lib().hps_gpu_memcpy(self.ptr, _ptr(host), host.nbytes))
+
+    def get(self) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        if out.nbytes:
+            GpuCache.check(device_lib().hps_gpu_memcpy(_ptr(out), self.ptr, out.nbytes))
+        return out
+
+    def free(self) -> None:
+        if self.ptr:
+            device_lib().hps_gpu_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.free()
+
+
+class LookupError_(RuntimeError):
+    def __init__(self, code: int, message: str):
+        super().__init__(f"error {code}: {message}")
+        self.code, self.message = code, message
+
+
+class GpuLookup:
+    """A pipeline through its C ABI: keys and outputs go through device buffers per call."""
+
+    def __init__(self, handle: ctypes.c_void_p, dim: int, key_dtype):
+        self.handle, self.dim, self.key_dtype = handle, dim, np.dtype(key_dtype)
+
+    @classmethod
+    def _create(cls, code: int, handle, dim, key_dtype) -> "GpuLookup":
+        if code != 0:
+            raise LookupError_(code, last_error())
+        return cls(handle, dim, key_dtype)
+
+    @classmethod
+    def dynamic(cls, capacity_rows: int, dim: int, key_dtype=np.int64) -> "GpuLookup":
+        handle = ctypes.c_void_p()
+        code = device_lib().hps_gpu_lookup_create_dynamic(capacity_rows, dim, np.dtype(key_dtype).itemsize,
+                                                          ctypes.byref(handle))
+        return cls._create(code, handle, dim, key_dtype)
+
+    @classmethod
+    def static(cls, keys, rows, key_dtype=np.int64) -> "GpuLookup":
+        keys = np.ascontiguousarray(keys, np.int64)
+        rows = np.ascontiguousarray(rows, np.float32)
+        handle = ctypes.c_void_p()
+        code = device_lib().hps_gpu_lookup_create_static(_ptr(keys), len(keys), _ptr(rows), rows.shape[1],
+                                                         np.dtype(key_dtype).itemsize, ctypes.byref(handle))
+        return cls._create(code, handle, rows.shape[1], key_dtype)
+
+    def close(self) -> None:
+        if self.handle:
+            device_lib().hps_gpu_lookup_destroy(self.handle)
+            self.handle = None
+
+    def __del__(self):
+        self.close()
+
+    def query(self, keys, tiers: NumpyTiers, fill: float = -7.0) -> tuple[np.ndarray, dict]:
+        """(rows (n, dim), counts); raises LookupError_ on failure."""
+        keys = np.ascontiguousarray(keys, self.key_dtype)
+        d_keys = DeviceArray(keys)
+        d_out = DeviceArray(np.full((len(keys), self.dim), fill, np.float32))
+        counts = LookupCounts()
+        code = device_lib().hps_gpu_lookup_query(self.handle, d_keys.ptr, len(keys), d_out.ptr, tiers.fn, None, None,
+                                                 ctypes.byref(counts))
+        if code != 0:
+            raise LookupError_(code, last_error())
+        return d_out.get(), counts.as_dict()
+
+    def query_l1(self, keys) -> tuple[np.ndarray, list[int]]:
+        """(rows, sorted missing positions) of L1 alone; missed rows hold -7."""
+        keys = np.ascontiguousarray(keys, self.key_dtype)
+        d_keys = DeviceArray(keys)
+        d_out = DeviceArray(np.full((len(keys), self.dim), -7.0, np.float32))
+        d_missing = DeviceArray(np.zeros(len(keys), np.int64), copy=False)
+        d_count = DeviceArray(np.zeros(1, np.int64))
+        code = device_lib().hps_gpu_lookup_query_l1(self.handle, d_keys.ptr, len(keys), d_out.ptr, d_missing.ptr,
+                                                    d_count.ptr, None)
+        if code != 0:
+            raise LookupError_(code, last_error())
+        count = int(d_count.get()[0])
+        return d_out.get(), sorted(d_missing.get()[:count].tolist())
+
+    def update(self, keys, rows) -> None:
+        keys = np.ascontiguousarray(keys, np.int64)
+        rows = np.ascontiguousarray(rows, np.float32)
+        code = device_lib().hps_gpu_lookup_update(self.handle, _ptr(keys), len(keys), _ptr(rows))
+        if code != 0:
+            raise LookupError_(code, last_error())
+
+    def size(self) -> int:
+        return device_lib().hps_gpu_lookup_size(self.handle)
+
+    def evicted(self) -> int:
+        return device_lib().hps_gpu_lookup_evicted(self.handle)
+
+
+def zipf_keys(rng, n: int, num_rows: int, alpha: float = 1.2) -> np.ndarray:
+    """n keys in [0, num_rows) with P(rank r) ~ 1 / r^alpha, ranks scattered over the key range."""
+    ranks = np.arange(1, num_rows + 1, dtype=np.float64)
+    p = ranks ** -alpha
+    p /= p.sum()
+    perm = np.random.default_rng(12345).permutation(num_rows)
+    return perm[rng.choice(num_rows, n, p=p)].astype(np.int64)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -18,7 +19,11 @@ from slab_model import GPU_LIB, INT64_MAX, INT64_MIN, WAYS, GpuCache, HostCache,
 C_ABI = ["hps_gpu_cache_device_count", "hps_gpu_error_string", "hps_gpu_cache_create", "hps_gpu_cache_destroy",
          "hps_gpu_cache_capacity", "hps_gpu_cache_num_sets", "hps_gpu_cache_query", "hps_gpu_cache_replace",
          "hps_gpu_cache_update", "hps_gpu_cache_dump", "hps_gpu_malloc", "hps_gpu_free", "hps_gpu_memcpy",
-         "hps_gpu_synchronize", "hps_gpu_device_name"]
+         "hps_gpu_synchronize", "hps_gpu_device_name",
+         # the lookup pipeline (ops/cuda/gpu_lookup_c_api.h; tests/test_gpu_lookup.py)
+         "hps_gpu_lookup_create_dynamic", "hps_gpu_lookup_create_static", "hps_gpu_lookup_destroy",
+         "hps_gpu_lookup_query", "hps_gpu_lookup_query_l1", "hps_gpu_lookup_update", "hps_gpu_lookup_size",
+         "hps_gpu_lookup_evicted", "hps_gpu_lookup_last_error"]
 
 
 def device_count() -> int:
@@ -38,6 +43,13 @@ def test_gpu_cache_library_is_built_and_exports_exactly_the_c_abi():
     # CUDA runtime of TensorFlow in the same process.
     for name in ("cudaMalloc", "cudaGetDeviceCount", "cudaLaunchKernel"):
         assert not hasattr(lib, name), name
+    # Nothing else is exported either: no symbol of the implementation (tf_hps::...). Weak
+    # instantiations of libstdc++ templates stay visible (their headers say so) and are harmless.
+    out = subprocess.run(["nm", "-D", "--defined-only", GPU_LIB], capture_output=True, text=True, check=True).stdout
+    symbols = [line.split()[-2:] for line in out.splitlines()]
+    strong = {name for kind, name in symbols if kind in ("T", "D", "B", "R")}
+    assert strong == set(C_ABI), strong ^ set(C_ABI)
+    assert all(name.startswith(("_ZSt", "_ZNSt", "_ZNKSt")) for kind, name in symbols if kind in ("W", "V")), symbols
 
 
 def test_device_count_answers_without_crashing_with_or_without_a_driver():

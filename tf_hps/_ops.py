@@ -1,13 +1,32 @@
-"""Loads the op library once and exposes its raw ops."""
+"""Loads the op library once and exposes its raw ops.
+
+The op library (``_tf_hps_ops.so``) registers the ops and their CPU kernels.
+The GPU kernels of ``TfHpsLookup`` live in a second library,
+``_tf_hps_ops_gpu.so``, built by ``make gpu``; it links against the op library
+and must be loaded after it. :func:`ops` loads it too, but only where it can
+be used: when the file exists, TensorFlow sees a GPU, and the environment
+variable ``TF_HPS_GPU_KERNELS`` is not ``0``. A CPU-only process never loads
+it (it would register kernels that cannot run and pull a CUDA runtime into
+the process for nothing), and a failure to load it only warns: lookups then
+run on the CPU kernels, as before.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import tensorflow as tf
 
 _LIBRARY_NAME = "_tf_hps_ops.so"
+_GPU_LIBRARY_NAME = "_tf_hps_ops_gpu.so"
+# Set to "0" to keep lookups on the CPU kernels on a machine with a GPU.
+_GPU_KERNELS_ENV = "TF_HPS_GPU_KERNELS"
+
+
+def _library_file(name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
 
 
 def op_library_path() -> str:
@@ -22,7 +41,7 @@ def op_library_path() -> str:
         >>> hps.op_library_path().endswith("_tf_hps_ops.so")
         True
     """
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY_NAME)
+    path = _library_file(_LIBRARY_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"tf_hps op library not found at {path}; build it with `make lib` in the repository root"
@@ -30,7 +49,64 @@ def op_library_path() -> str:
     return path
 
 
+def gpu_op_library_path() -> str:
+    """Absolute path of the library of tf_hps's GPU kernels.
+
+    It adds GPU kernels to the ops of :func:`op_library_path` and needs that
+    library loaded first (it links against it). ``import tf_hps`` loads it by
+    itself on a machine where TensorFlow sees a GPU; a process that serves a
+    SavedModel without importing tf_hps loads both, in this order::
+
+        tf.load_op_library(hps.op_library_path())
+        tf.load_library(hps.gpu_op_library_path())
+
+    (``dlopen`` both with ``RTLD_NOW | RTLD_GLOBAL`` in C++.) Without it,
+    lookups run on the CPU kernels.
+
+    Example:
+        >>> import tf_hps as hps
+        >>> hps.gpu_op_library_path().endswith("_tf_hps_ops_gpu.so")  # doctest: +SKIP
+        True
+    """
+    path = _library_file(_GPU_LIBRARY_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"tf_hps GPU kernel library not found at {path}; build it with `make gpu` in the repository root"
+        )
+    return path
+
+
+def _load_gpu_kernels() -> bool:
+    """Loads the GPU kernels where they can run; True if they were loaded.
+
+    Never raises: the CPU kernels serve every lookup when this returns False.
+    """
+    path = _library_file(_GPU_LIBRARY_NAME)
+    if not os.path.isfile(path) or os.environ.get(_GPU_KERNELS_ENV, "1") == "0":
+        return False
+    try:
+        # Lists devices without creating them, so users can still configure
+        # them (memory growth, visibility) afterwards.
+        if not tf.config.list_physical_devices("GPU"):
+            return False
+        tf.load_library(path)
+    except Exception as e:  # noqa: BLE001 - any failure must leave CPU lookups working
+        warnings.warn(
+            f"tf_hps: could not load the GPU kernels from {path} ({e}); lookups run on the CPU kernels. "
+            f"Rebuild with `make gpu`, or set {_GPU_KERNELS_ENV}=0 to skip them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def ops():
-    """The generated op wrappers (tf_hps_init, tf_hps_lookup, tf_hps_parse_config)."""
-    return tf.load_op_library(op_library_path())
+    """The generated op wrappers (tf_hps_init, tf_hps_lookup, tf_hps_parse_config).
+
+    Loads the op library and then, where they can run, the GPU kernels.
+    """
+    module = tf.load_op_library(op_library_path())
+    _load_gpu_kernels()  # after the op library, which it links against
+    return module

@@ -72,10 +72,14 @@ __device__ void PrefetchL2(const void* p) { asm volatile("prefetch.global.L2 [%0
 // The hot path. Per key a warp waits on a chain of memory round trips (key,
 // lock, slab, row, release), so two of them are started early: the next
 // key's load, and the first slab of the set while the lock is being taken.
+// With n_device the key count is *n_device (at most n); with out_rows key i's
+// row goes to values[out_rows[i]].
 template <class Key>
-__global__ void QueryKernel(Slots c, const Key* keys, int64_t n, float* values, bool vector4,
-                            int64_t* missing_index, unsigned long long* missing_count, uint64_t stamp) {
+__global__ void QueryKernel(Slots c, const Key* keys, int64_t n, const int64_t* n_device, const int32_t* out_rows,
+                            float* values, bool vector4, int64_t* missing_index, unsigned long long* missing_count,
+                            uint64_t stamp) {
   const slab::WarpLanes lanes{static_cast<int>(threadIdx.x % slab::kLanes)};
+  if (n_device != nullptr) n = min(n, *n_device);
   const int64_t stride = WarpCount();
   int64_t i = WarpIndex();
   int64_t key = i < n ? LoadKey(keys, i) : 0;
@@ -90,7 +94,8 @@ __global__ void QueryKernel(Slots c, const Key* keys, int64_t n, float* values, 
     const int way = slab::FindWay(lanes, c.keys + base, c.stamps + base, home.first_slab, key);
     if (way >= 0) {
       if (lanes.lane == 0) slab::Touch(c.stamps + base + way, stamp);
-      CopyRow(values + i * c.dim, c.values + (base + way) * c.dim, c.dim, vector4, lanes.lane);
+      const int64_t row = out_rows != nullptr ? out_rows[i] : i;
+      CopyRow(values + row * c.dim, c.values + (base + way) * c.dim, c.dim, vector4, lanes.lane);
     }
     UnlockSet(c.locks + home.set, lanes.lane);
     if (way < 0 && lanes.lane == 0) missing_index[atomicAdd(missing_count, 1ull)] = i;
@@ -98,11 +103,16 @@ __global__ void QueryKernel(Slots c, const Key* keys, int64_t n, float* values, 
   }
 }
 
+// With `found`, keys whose found[i] is 0 are skipped (the branch is warp
+// uniform: one key per warp). With `evicted`, each warp adds the ways it took
+// from other keys, once, at the end.
 template <class Key>
 __global__ void ReplaceKernel(Slots c, const Key* keys, int64_t n, const float* values, bool vector4,
-                              uint64_t stamp) {
+                              uint64_t stamp, const int8_t* found, unsigned long long* evicted) {
   const slab::WarpLanes lanes{static_cast<int>(threadIdx.x % slab::kLanes)};
+  unsigned long long evicted_here = 0;  // lane 0's count
   for (int64_t i = WarpIndex(); i < n; i += WarpCount()) {
+    if (found != nullptr && found[i] == 0) continue;
     const int64_t key = LoadKey(keys, i);
     const slab::Home home = slab::HomeOf(key, c.num_sets);
     const int64_t base = home.set * slab::kWays;
@@ -114,6 +124,7 @@ __global__ void ReplaceKernel(Slots c, const Key* keys, int64_t n, const float* 
       if (cached) {
         slab::Touch(c.stamps + base + way, stamp);
       } else {
+        evicted_here += slab::WarpLanes::Load(c.stamps + base + way) != 0;  // the way held another key
         c.keys[base + way] = key;
         c.stamps[base + way] = stamp;
       }
@@ -121,6 +132,7 @@ __global__ void ReplaceKernel(Slots c, const Key* keys, int64_t n, const float* 
     CopyRow(c.values + (base + way) * c.dim, values + i * c.dim, c.dim, vector4, lanes.lane);
     UnlockSet(c.locks + home.set, lanes.lane);
   }
+  if (evicted != nullptr && lanes.lane == 0 && evicted_here != 0) atomicAdd(evicted, evicted_here);
 }
 
 template <class Key>
@@ -250,37 +262,48 @@ int GpuCache::Blocks(int64_t warps_needed) const {
 
 cudaError_t GpuCache::Query(const void* keys, int64_t n, float* values, int64_t* missing_index,
                             int64_t* missing_count, cudaStream_t stream) {
-  if (n < 0) return cudaErrorInvalidValue;
+  return QueryCounted(keys, n, nullptr, nullptr, values, missing_index, missing_count, NextStamp(), stream);
+}
+
+cudaError_t GpuCache::QueryCounted(const void* keys, int64_t max_n, const int64_t* d_n, const int32_t* out_rows,
+                                   float* values, int64_t* missing_index, int64_t* missing_count, uint64_t stamp,
+                                   cudaStream_t stream) {
+  if (max_n < 0) return cudaErrorInvalidValue;
   DeviceScope scope(device_);
-  const uint64_t stamp = NextStamp();
   cudaError_t err = cudaMemsetAsync(missing_count, 0, sizeof(int64_t), stream);
-  if (err != cudaSuccess || n == 0) return err;
+  if (err != cudaSuccess || max_n == 0) return err;
   const Slots c{keys_, stamps_, values_, locks_, num_sets_, dim_};
   const bool vector4 = dim_ % 4 == 0 && Aligned16(values);
   auto* count = reinterpret_cast<unsigned long long*>(missing_count);
   if (key_bytes_ == 8) {
-    QueryKernel<<<Blocks(n), kThreadsPerBlock, 0, stream>>>(c, static_cast<const int64_t*>(keys), n, values,
-                                                            vector4, missing_index, count, stamp);
+    QueryKernel<<<Blocks(max_n), kThreadsPerBlock, 0, stream>>>(c, static_cast<const int64_t*>(keys), max_n, d_n,
+                                                                out_rows, values, vector4, missing_index, count,
+                                                                stamp);
   } else {
-    QueryKernel<<<Blocks(n), kThreadsPerBlock, 0, stream>>>(c, static_cast<const int32_t*>(keys), n, values,
-                                                            vector4, missing_index, count, stamp);
+    QueryKernel<<<Blocks(max_n), kThreadsPerBlock, 0, stream>>>(c, static_cast<const int32_t*>(keys), max_n, d_n,
+                                                                out_rows, values, vector4, missing_index, count,
+                                                                stamp);
   }
   return cudaGetLastError();
 }
 
 cudaError_t GpuCache::Replace(const void* keys, int64_t n, const float* values, cudaStream_t stream) {
+  return ReplaceFound(keys, n, values, nullptr, nullptr, NextStamp(), stream);
+}
+
+cudaError_t GpuCache::ReplaceFound(const void* keys, int64_t n, const float* values, const int8_t* found,
+                                   unsigned long long* evicted, uint64_t stamp, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
-  DeviceScope scope(device_);
-  const uint64_t stamp = NextStamp();
   if (n == 0) return cudaSuccess;
+  DeviceScope scope(device_);
   const Slots c{keys_, stamps_, values_, locks_, num_sets_, dim_};
   const bool vector4 = dim_ % 4 == 0 && Aligned16(values);
   if (key_bytes_ == 8) {
     ReplaceKernel<<<Blocks(n), kThreadsPerBlock, 0, stream>>>(c, static_cast<const int64_t*>(keys), n, values,
-                                                              vector4, stamp);
+                                                              vector4, stamp, found, evicted);
   } else {
     ReplaceKernel<<<Blocks(n), kThreadsPerBlock, 0, stream>>>(c, static_cast<const int32_t*>(keys), n, values,
-                                                              vector4, stamp);
+                                                              vector4, stamp, found, evicted);
   }
   return cudaGetLastError();
 }

@@ -57,6 +57,25 @@ class GpuCache {
   // evicts the least recently used one.
   cudaError_t Replace(const void* keys, int64_t n, const float* values, cudaStream_t stream);
 
+  // The two calls of a lookup pipeline (ops/cuda/gpu_lookup.cu), which takes
+  // one stamp per batch from NextStamp() for both, as the CPU lookup does: the
+  // batch's misses, inserted after its query, are then exactly as recent as
+  // its hits and never evict the rows the batch just used.
+  //
+  // Query of the first *d_n keys (device int64, at most max_n): the count is
+  // produced on the device by an earlier kernel, so no host round trip is
+  // needed to launch this. Key i's row goes to values[out_rows[i]] (device
+  // int32) instead of values[i], so a pipeline writes each distinct key's row
+  // straight into the caller's output.
+  cudaError_t QueryCounted(const void* keys, int64_t max_n, const int64_t* d_n, const int32_t* out_rows,
+                           float* values, int64_t* missing_index, int64_t* missing_count, uint64_t stamp,
+                           cudaStream_t stream);
+
+  // Replace of the keys whose found[i] (device) is nonzero; adds the number of
+  // rows evicted to make room to *evicted (device).
+  cudaError_t ReplaceFound(const void* keys, int64_t n, const float* values, const int8_t* found,
+                           unsigned long long* evicted, uint64_t stamp, cudaStream_t stream);
+
   // Overwrites the rows of the keys that are cached; ignores the others.
   cudaError_t Update(const void* keys, int64_t n, const float* values, cudaStream_t stream);
 
@@ -65,9 +84,11 @@ class GpuCache {
   // their number to *count (one int64).
   cudaError_t Dump(int64_t set_begin, int64_t set_end, void* keys_out, int64_t* count, cudaStream_t stream);
 
+  // A new batch's LRU stamp (Query and Replace take one each).
+  uint64_t NextStamp() { return clock_.fetch_add(1, std::memory_order_relaxed) + 1; }
+
  private:
   GpuCache() = default;
-  uint64_t NextStamp() { return clock_.fetch_add(1, std::memory_order_relaxed) + 1; }
   int Blocks(int64_t warps_needed) const;
 
   int device_ = 0;

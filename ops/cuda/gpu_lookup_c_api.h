@@ -1,0 +1,122 @@
+/* The GPU lookup pipeline of one table on one device, behind a C ABI, without
+ * TensorFlow and without the storage tiers.
+ *
+ * A pipeline answers device-resident keys with device-resident rows:
+ *   dedup on the device -> L1 on the device (the dynamic slab-set cache of
+ *   gpu_cache.h, or a static table holding every row) -> the keys L1 missed
+ *   are copied to the host and handed, once each, to the caller's fetch
+ *   callback (the VDB -> PDB -> default chain in the op library; numpy in
+ *   tests) -> their rows are copied back and inserted into the dynamic cache
+ *   -> rows are scattered to the caller's key order.
+ * Every answer is exact: it never depends on what the cache held.
+ *
+ * Library: tf_hps/_tf_hps_gpu_cache.so (with gpu_cache_c_api.h). Conventions
+ * as there: 0 = success, else an error code; hps_gpu_lookup_last_error()
+ * describes the last failure of the calling thread. d_* = device memory.
+ */
+#ifndef TF_HPS_OPS_CUDA_GPU_LOOKUP_C_API_H_
+#define TF_HPS_OPS_CUDA_GPU_LOOKUP_C_API_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct hps_gpu_lookup hps_gpu_lookup;
+
+/* The tiers below L1: fills rows (m, dim) (host, float32) for the m distinct
+ * host keys (int64, int32 keys sign-extended) and found[i] = 1 for each key
+ * some tier held (0: the row holds the table's default and is not cached).
+ * Returns 0, or nonzero after a failure (the lookup then fails with
+ * HPS_GPU_LOOKUP_FETCH_FAILED). Called on the thread that called
+ * hps_gpu_lookup_query, at most once per query, never with m == 0. */
+typedef int (*hps_gpu_fetch_fn)(void* ctx, const int64_t* keys, int64_t m, float* rows, int8_t* found);
+
+/* Error code of a failed fetch callback (CUDA errors keep their own codes). */
+#define HPS_GPU_LOOKUP_FETCH_FAILED 10001
+/* Error code of invalid arguments (sizes, dtypes, null pointers). */
+#define HPS_GPU_LOOKUP_INVALID_ARGUMENT 10002
+/* Error code of a broken invariant inside the pipeline (a bug: please report). */
+#define HPS_GPU_LOOKUP_INTERNAL 10003
+
+/* Counters of one query, for the op's statistics. */
+typedef struct hps_gpu_lookup_counts {
+  int64_t keys;         /* keys asked for, duplicates included */
+  int64_t l1_hits;      /* of those, answered by L1 */
+  int64_t missed_keys;  /* distinct keys handed to the fetch callback */
+  int64_t inserted;     /* rows put into the dynamic cache (missed keys some tier held) */
+  int64_t evicted;      /* rows the dynamic cache evicted to make room; see below */
+} hps_gpu_lookup_counts;
+/* l1_hits counts positions: keys - l1_hits is the number of positions whose
+ * key missed, each distinct missed key counted once per occurrence.
+ * A query's insertions run on the stream after its one synchronisation, so
+ * their evictions are not known when it returns: `evicted` reports the
+ * evictions no earlier query has reported yet (those of earlier queries on
+ * any thread). Summed over queries it is exact up to the last queries'
+ * insertions; hps_gpu_lookup_evicted gives the exact total. */
+
+/* A pipeline with a dynamic cache of at least capacity_rows rows (whole sets
+ * of 64) of dim floats on the current device, for keys of key_bytes bytes
+ * (4 or 8). Synchronous. *out is NULL on failure (e.g. no CUDA device: the
+ * CUDA error code). */
+int hps_gpu_lookup_create_dynamic(int64_t capacity_rows, int64_t dim, int key_bytes, hps_gpu_lookup** out);
+
+/* A pipeline whose L1 is a read-only static table of the n rows given (host
+ * keys int64, host rows (n, dim) float32), copied to the device. Keys it does
+ * not hold go to the fetch callback and are never inserted. n may be 0 (no
+ * L1: every key goes to the callback; keys and rows may then be NULL). For a
+ * key given twice, the last row wins. With key_bytes 4, keys outside int32's
+ * range are held but can never be asked for. Synchronous. */
+int hps_gpu_lookup_create_static(const int64_t* keys, int64_t n, const float* rows, int64_t dim, int key_bytes,
+                                 hps_gpu_lookup** out);
+
+/* Frees the pipeline; the caller makes sure no call on it is still running. */
+void hps_gpu_lookup_destroy(hps_gpu_lookup* lookup);
+
+/* Looks up d_keys (n, of the pipeline's key type) and writes d_out (n, dim).
+ * Runs on `stream` (a cudaStream_t; NULL: the legacy default stream) and
+ * synchronises it exactly once when n > 0: the host must learn whether some
+ * key missed L1 (the kernel that finds the misses writes them straight into
+ * pinned host memory, so the same wait hands them over). An all-hit batch
+ * then returns at once, without a callback or any further wait; a batch with
+ * misses calls fetch, then queues the copy of its rows, the insertions and
+ * the scatter without waiting again. d_out is ready when the stream has run
+ * the call. n == 0 touches neither the device nor the stream. d_out must not
+ * overlap d_keys. Thread-safe: calls from several threads on one pipeline
+ * (on one stream or several) run concurrently with exact results; each takes
+ * its own scratch. At most 2^31 - 1 keys per call. counts may be NULL. On
+ * failure d_out's contents are unspecified. */
+int hps_gpu_lookup_query(hps_gpu_lookup* lookup, const void* d_keys, int64_t n, float* d_out, hps_gpu_fetch_fn fetch,
+                         void* fetch_ctx, void* stream, hps_gpu_lookup_counts* counts);
+
+/* Overwrites the rows of the given keys (host keys int64 (m), host rows
+ * (m, dim)) where L1 holds them (the dynamic cache and the static table
+ * alike); ignores the others. For refreshes and online updates. Synchronous. */
+int hps_gpu_lookup_update(hps_gpu_lookup* lookup, const int64_t* keys, int64_t m, const float* rows);
+
+/* Rows L1 holds now (for tests and metrics): the static table's distinct
+ * keys, or the dynamic cache's occupied ways. Synchronous. -1 on failure. */
+int64_t hps_gpu_lookup_size(hps_gpu_lookup* lookup);
+
+/* Rows the dynamic cache has evicted since creation (0 for a static table).
+ * Waits for the device. -1 on failure. */
+int64_t hps_gpu_lookup_evicted(hps_gpu_lookup* lookup);
+
+/* L1 alone, as hps_gpu_cache_query: rows of the keys L1 holds go to
+ * d_values (n, dim), the positions of the others to d_missing_index (n,
+ * int64) in unspecified order, their number to d_missing_count (one int64).
+ * No dedup (keys may repeat; a dynamic cache then serialises them), no fetch,
+ * no insertion. Asynchronous on `stream`. For tests and benchmarks. */
+int hps_gpu_lookup_query_l1(hps_gpu_lookup* lookup, const void* d_keys, int64_t n, float* d_values,
+                            int64_t* d_missing_index, int64_t* d_missing_count, void* stream);
+
+/* The last failure of the calling thread, NUL-terminated ("" if none). */
+const char* hps_gpu_lookup_last_error(void);
+
+#ifdef __cplusplus
+}  /* extern "C" */
+#endif
+
+#endif  /* TF_HPS_OPS_CUDA_GPU_LOOKUP_C_API_H_ */

@@ -1,0 +1,171 @@
+"""The GPU kernels of TfHpsLookup (tf_hps/_tf_hps_ops_gpu.so): built, linked and loadable anywhere.
+
+What runs here, on a machine without a GPU and with tensorflow-cpu: the library is built, needs
+no CUDA runtime of its own, shares the op library's parameter servers (one _tf_hps_ops.so in
+the process), resolves every C ABI function it calls from _tf_hps_gpu_cache.so, loads into
+tensorflow-cpu after the op library and registers GPU kernels for both key dtypes beside the
+CPU ones, and leaves CPU lookups bit-for-bit unchanged. tf_hps's own loader (tf_hps/_ops.py)
+skips the library without a GPU and only warns when it cannot load it.
+
+What does not run anywhere in this suite: the GPU kernel itself. Running it needs TensorFlow
+with GPU support (the `tensorflow[and-cuda]` wheel, built for CUDA 12) on a machine with a
+GPU; the GPU test machine has a GPU but no TF-GPU, and tensorflow-cpu creates no GPU device
+to place the op on. On such a machine, check that LookupLayer under tf.device("/GPU:0") gives
+the CPU kernel's results (cold and warm cache, int32 and int64 keys, gpucache false, a static
+table, a Redis outage), that hps.stats() counts GPU lookups, and that the pipeline's CUDA 13
+runtime works beside TF's CUDA 12 one (driver R580 or newer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+
+from conftest import ROOT, run_python
+
+OP_LIB = os.path.join(ROOT, "tf_hps", "_tf_hps_ops.so")
+GPU_OP_LIB = os.path.join(ROOT, "tf_hps", "_tf_hps_ops_gpu.so")
+GPU_CACHE_LIB = os.path.join(ROOT, "tf_hps", "_tf_hps_gpu_cache.so")
+
+
+def dynamic_section(path: str) -> str:
+    return subprocess.run(["readelf", "-d", path], capture_output=True, text=True, check=True).stdout
+
+
+def dynamic_symbols(path: str, *flags: str) -> set[str]:
+    out = subprocess.run(["nm", "-D", *flags, path], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+def test_gpu_kernel_library_is_built():
+    assert os.path.isfile(GPU_OP_LIB), f"{GPU_OP_LIB} is missing: run `make gpu` (or `make test`)"
+
+
+def test_it_links_no_cuda_runtime_and_finds_the_op_library_next_to_itself():
+    dynamic = dynamic_section(GPU_OP_LIB)
+    assert "libcudart" not in dynamic and "libcuda." not in dynamic, dynamic
+    # Both tf_hps libraries by bare name, found through $ORIGIN: the op library already loaded
+    # from tf_hps/ is reused, so the kernels see the process's one ParameterServerRegistry.
+    assert "[_tf_hps_ops.so]" in dynamic and "[_tf_hps_gpu_cache.so]" in dynamic, dynamic
+    assert "$ORIGIN" in dynamic, dynamic
+    # It makes no CUDA call of its own: everything goes through the C ABI.
+    undefined = dynamic_symbols(GPU_OP_LIB, "--undefined-only")
+    assert not {s for s in undefined if s.startswith("cuda") or s.startswith("cu")}
+
+
+def test_every_gpu_lookup_function_it_calls_is_exported_by_the_gpu_cache_library():
+    needed = {s for s in dynamic_symbols(GPU_OP_LIB, "--undefined-only") if s.startswith("hps_gpu")}
+    assert needed, "the kernels call no hps_gpu_* function"
+    missing = needed - dynamic_symbols(GPU_CACHE_LIB, "--defined-only")
+    assert not missing, (f"{GPU_CACHE_LIB} does not export {sorted(missing)} "
+                         "(ops/cuda/gpu_lookup_c_api.h); rebuild it with `make gpu`")
+
+
+LOAD = """
+import json, sys, numpy as np, tensorflow as tf
+from tensorflow.python.framework import kernels
+op_lib, gpu_lib, table, config, out = sys.argv[1:6]
+
+def registered():
+    return sorted((k.device_type, k.constraint[0].allowed_values.list.type[0], tuple(k.host_memory_arg))
+                  for k in kernels.get_registered_kernels_for_op("TfHpsLookup").kernel)
+
+lib = tf.load_op_library(op_lib)
+json.dump({"supportlonglong": True, "models": [{"model": "m", "sparse_files": [table],
+  "embedding_vecsize_per_table": [8], "maxnum_catfeature_query_per_table_per_sample": [1],
+  "default_value_for_each_table": [0.25], "deployed_device_list": [0], "gpucacheper": 0.1}]}, open(config, "w"))
+canonical, _ = lib.tf_hps_parse_config(config_file=config)
+handle = lib.tf_hps_init(ps_config=canonical.numpy().decode())
+keys = np.concatenate([np.arange(-5, 300), np.arange(0, 300, 7)]).astype(np.int64)
+
+def lookups():
+    return [lib.tf_hps_lookup(keys=keys.astype(dt), ps_handle=handle, model_name="m", table_id=0,
+                              emb_vec_size=8).numpy() for dt in (np.int64, np.int32)]
+
+before_kernels = registered()
+before = lookups()
+tf.load_library(gpu_lib)
+after_kernels = registered()
+after = lookups()
+# Without a GPU device, a lookup asked for on the GPU is placed on the CPU (soft placement).
+with tf.device("/GPU:0"):
+    placed = lib.tf_hps_lookup(keys=keys, ps_handle=handle, model_name="m", table_id=0, emb_vec_size=8).numpy()
+maps = [line.split()[-1] for line in open("/proc/self/maps") if "_tf_hps_" in line]
+np.savez(out, keys=keys, before64=before[0], before32=before[1], after64=after[0], after32=after[1], placed=placed)
+print(json.dumps({"before": before_kernels, "after": after_kernels, "mapped": sorted(set(maps))}))
+"""
+
+
+def test_it_loads_into_tensorflow_cpu_after_the_op_library_and_adds_gpu_kernels(tables, tmp_path):
+    folder = tables.table("t0", 256, 8)
+    out = str(tmp_path / "lookups.npz")
+    proc = run_python(LOAD, OP_LIB, GPU_OP_LIB, folder, str(tmp_path / "ps.json"), out)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    int32, int64 = 3, 9  # DataType enum values
+    assert report["before"] == [["CPU", int32, []], ["CPU", int64, []]]
+    # GPU kernels for both key dtypes, with the server handle kept in host memory.
+    assert report["after"] == [["CPU", int32, []], ["CPU", int64, []],
+                               ["GPU", int32, ["ps_handle"]], ["GPU", int64, ["ps_handle"]]]
+    # One copy of the op library in the process: the GPU kernels use its registry of servers.
+    mapped = report["mapped"]
+    assert sorted(os.path.basename(p) for p in mapped) == ["_tf_hps_gpu_cache.so", "_tf_hps_ops.so",
+                                                          "_tf_hps_ops_gpu.so"], mapped
+    assert all(os.path.dirname(p) == os.path.dirname(OP_LIB) for p in mapped), mapped
+
+    # CPU lookups are unchanged by loading it, and right.
+    r = np.load(out)
+    keys, rows = r["keys"], tables.rows["t0"][1]
+    expected = np.full((len(keys), 8), 0.25, np.float32)
+    held = (keys >= 0) & (keys < 256)
+    expected[held] = rows[keys[held]]
+    for name in ("before64", "before32", "after64", "after32", "placed"):
+        np.testing.assert_array_equal(r[name], expected, err_msg=name)
+
+
+# tf_hps's loader: never loads the GPU kernels where they cannot run, and never breaks CPU users.
+LOADER = """
+import json, os, sys, warnings
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import tensorflow as tf
+import tf_hps as hps
+from tf_hps import _ops
+mode = sys.argv[2]
+if mode == "broken":
+    # Pretend TensorFlow sees a GPU, and give the loader a file that is no library.
+    tf.config.list_physical_devices = lambda kind=None: ["fake GPU"] if kind == "GPU" else []
+    _ops._GPU_LIBRARY_NAME = sys.argv[3]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    lib = _ops.ops()
+keys = np.arange(4, dtype=np.int64)
+canonical, _ = lib.tf_hps_parse_config(config_file=sys.argv[4])
+handle = lib.tf_hps_init(ps_config=canonical.numpy().decode())
+out = lib.tf_hps_lookup(keys=keys, ps_handle=handle, model_name="foo", table_id=0, emb_vec_size=16).numpy()
+maps = {os.path.basename(line.split()[-1]) for line in open("/proc/self/maps") if "_tf_hps_" in line}
+print(json.dumps({"warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+                  "gpu_loaded": "_tf_hps_ops_gpu.so" in maps, "row0": out[0].tolist(),
+                  "gpu_path": _ops.gpu_op_library_path()}))
+"""
+
+
+def test_the_loader_skips_the_gpu_kernels_without_a_gpu(simple):
+    tables, config = simple
+    report = json.loads(run_python(LOADER, ROOT, "cpu", "", config).stdout.strip().splitlines()[-1])
+    assert not report["gpu_loaded"] and report["warnings"] == []
+    assert report["gpu_path"] == GPU_OP_LIB
+    np.testing.assert_array_equal(np.float32(report["row0"]), tables.rows["t0"][1][0])
+
+
+def test_a_gpu_kernel_library_that_cannot_load_only_warns(simple, tmp_path):
+    tables, config = simple
+    broken = tmp_path / "_tf_hps_ops_gpu.so"
+    broken.write_bytes(b"not a shared library")
+    report = json.loads(run_python(LOADER, ROOT, "broken", str(broken), config).stdout.strip().splitlines()[-1])
+    assert not report["gpu_loaded"]
+    assert len(report["warnings"]) == 1 and "could not load the GPU kernels" in report["warnings"][0]
+    assert str(broken) in report["warnings"][0]
+    np.testing.assert_array_equal(np.float32(report["row0"]), tables.rows["t0"][1][0])

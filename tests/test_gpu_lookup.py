@@ -1,0 +1,415 @@
+"""The GPU lookup pipeline (ops/cuda/gpu_lookup_c_api.h): dedup, L1 (dynamic cache or static
+table), the fetch callback, insertion and scatter, checked against numpy.
+
+The library tests run everywhere (CI has no GPU); the behaviour tests need a CUDA device. The
+fetch callback is a ctypes function over a numpy table (slab_model.NumpyTiers). Device memory
+comes from hps_gpu_malloc, so no CUDA binding (CuPy) is needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from slab_model import (FETCH_FAILED, FETCH_FN, GPU_LIB, INT64_MAX, INT64_MIN, INVALID_ARGUMENT, DeviceArray,
+                        GpuLookup, LookupCounts, LookupError_, NumpyTiers, device_lib, last_error, zipf_keys)
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def device_count() -> int:
+    return device_lib().hps_gpu_cache_device_count()
+
+
+needs_gpu = pytest.mark.skipif(os.path.isfile(GPU_LIB) and device_count() == 0, reason="no CUDA device")
+
+
+def expected(tiers: NumpyTiers, keys) -> np.ndarray:
+    return tiers.lookup(np.asarray(keys).astype(np.int64))[0]
+
+
+def random_tiers(rng, keys, dim: int, default: float = 0.5) -> NumpyTiers:
+    return NumpyTiers(keys, rng.standard_normal((len(keys), dim)).astype(np.float32), default)
+
+
+# ---------------------------------------------------------------------------------------------
+# Everywhere.
+
+def test_without_a_device_create_fails_with_an_error_code_and_a_message():
+    if device_count() > 0:
+        pytest.skip("a CUDA device is present")
+    lib = device_lib()
+    handle = ctypes.c_void_p(1)
+    code = lib.hps_gpu_lookup_create_dynamic(1024, 8, 8, ctypes.byref(handle))
+    assert code not in (0, INVALID_ARGUMENT) and not handle.value
+    assert last_error().startswith("hps_gpu_lookup_create_dynamic: ") and "cuda" in last_error().lower()
+    keys, rows = np.arange(4, dtype=np.int64), np.zeros((4, 8), np.float32)
+    handle = ctypes.c_void_p(1)
+    code = lib.hps_gpu_lookup_create_static(keys.ctypes.data, 4, rows.ctypes.data, 8, 8, ctypes.byref(handle))
+    assert code not in (0, INVALID_ARGUMENT) and not handle.value
+    assert last_error().startswith("hps_gpu_lookup_create_static: ")
+
+
+@pytest.mark.parametrize("args, message", [
+    ((-1, 8, 8), "capacity_rows must be >= 0, got -1"),
+    ((64, 0, 8), "dim must be at least 1, got 0"),
+    ((64, 8, 3), "key_bytes must be 4 (int32 keys) or 8 (int64 keys), got 3"),
+])
+def test_create_dynamic_refuses_invalid_arguments_before_touching_the_device(args, message):
+    handle = ctypes.c_void_p(1)
+    assert device_lib().hps_gpu_lookup_create_dynamic(*args, ctypes.byref(handle)) == INVALID_ARGUMENT
+    assert not handle.value
+    assert last_error() == f"hps_gpu_lookup_create_dynamic: {message}"
+
+
+def test_create_static_refuses_invalid_arguments_before_touching_the_device():
+    lib = device_lib()
+    keys, rows = np.arange(4, dtype=np.int64), np.zeros((4, 2), np.float32)
+    cases = [((keys.ctypes.data, -1, rows.ctypes.data, 2, 8), "n must be >= 0, got -1"),
+             ((None, 4, rows.ctypes.data, 2, 8), "keys is NULL with n = 4"),
+             ((keys.ctypes.data, 4, None, 2, 8), "rows is NULL with n = 4"),
+             ((keys.ctypes.data, 4, rows.ctypes.data, 0, 8), "dim must be at least 1, got 0"),
+             ((keys.ctypes.data, 4, rows.ctypes.data, 2, 2), "key_bytes must be 4 (int32 keys) or 8 (int64 keys)")]
+    for args, message in cases:
+        handle = ctypes.c_void_p(1)
+        assert lib.hps_gpu_lookup_create_static(*args, ctypes.byref(handle)) == INVALID_ARGUMENT
+        assert not handle.value
+        assert last_error().startswith(f"hps_gpu_lookup_create_static: {message}"), last_error()
+    assert lib.hps_gpu_lookup_create_dynamic(64, 8, 8, None) == INVALID_ARGUMENT
+    assert last_error() == "hps_gpu_lookup_create_dynamic: out is NULL"
+
+
+def test_calls_on_a_null_pipeline_fail_cleanly():
+    lib = device_lib()
+    counts = LookupCounts(keys=5)
+    fetch = FETCH_FN(lambda *args: 0)
+    assert lib.hps_gpu_lookup_query(None, None, 0, None, fetch, None, None, ctypes.byref(counts)) == INVALID_ARGUMENT
+    assert last_error() == "hps_gpu_lookup_query: lookup is NULL" and counts.keys == 0
+    assert lib.hps_gpu_lookup_update(None, None, 0, None) == INVALID_ARGUMENT
+    assert lib.hps_gpu_lookup_size(None) == -1 and lib.hps_gpu_lookup_evicted(None) == -1
+    assert lib.hps_gpu_lookup_query_l1(None, None, 0, None, None, None, None) == INVALID_ARGUMENT
+    lib.hps_gpu_lookup_destroy(None)
+
+
+def test_last_error_is_per_thread():
+    lib = device_lib()
+    assert lib.hps_gpu_lookup_create_dynamic(64, 0, 8, ctypes.byref(ctypes.c_void_p())) == INVALID_ARGUMENT
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(last_error()))
+    thread.start()
+    thread.join()
+    assert seen == [""] and last_error().startswith("hps_gpu_lookup_create_dynamic: dim")
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: the static table.
+
+@needs_gpu
+def test_static_table_answers_int64_keys_at_the_extremes_and_sends_only_distinct_misses_to_the_callback():
+    rng = np.random.default_rng(0)
+    dim = 12
+    held = np.concatenate([[0, -1, 1, INT64_MAX, INT64_MIN, INT64_MAX - 1, INT64_MIN + 1],
+                           rng.integers(INT64_MIN, INT64_MAX, 3000, dtype=np.int64)]).astype(np.int64)
+    held = np.unique(held)
+    rows = rng.standard_normal((len(held), dim)).astype(np.float32)
+    lookup = GpuLookup.static(held, rows)
+    assert lookup.size() == len(held)
+    absent = np.setdiff1d(rng.integers(-5000, 5000, 400, dtype=np.int64), held)
+    tiers = NumpyTiers(np.concatenate([held, absent[:200]]),  # half the absent keys are held by a lower tier
+                       np.concatenate([rows + 100, rng.standard_normal((200, dim)).astype(np.float32)]), 0.25)
+    batch = rng.choice(np.concatenate([held, absent]), 5000)
+    batch[:6] = [INT64_MAX, INT64_MIN, -1, INT64_MAX, absent[0], absent[0]]
+    out, counts = lookup.query(batch, tiers)
+    # L1 rows for held keys (not the +100 rows of the lower tier), the lower tiers for the rest.
+    want = expected(tiers, batch)
+    in_l1 = np.isin(batch, held)
+    want[in_l1] = rows[np.searchsorted(held, batch[in_l1])]
+    np.testing.assert_array_equal(out, want)
+    assert len(tiers.calls) == 1
+    fetched = tiers.calls[0]
+    assert len(np.unique(fetched)) == len(fetched)
+    assert sorted(fetched.tolist()) == sorted(set(batch[~in_l1].tolist()))
+    assert counts == {"keys": 5000, "l1_hits": int(in_l1.sum()), "missed_keys": len(fetched), "inserted": 0,
+                      "evicted": 0}
+    # Static: misses are never inserted, so they go to the callback again.
+    out2, counts2 = lookup.query(batch, tiers)
+    np.testing.assert_array_equal(out2, want)
+    assert counts2 == counts and sorted(tiers.calls[1].tolist()) == sorted(fetched.tolist())
+    assert lookup.size() == len(held)
+
+
+@needs_gpu
+def test_static_table_with_int32_keys_sign_extends_so_minus_one_is_an_ordinary_key():
+    rng = np.random.default_rng(1)
+    held = np.array([-1, 0, 1, INT32_MIN, INT32_MAX, 7, -7, 2**40], np.int64)  # 2**40: never asked for
+    rows = rng.standard_normal((len(held), 4)).astype(np.float32)
+    lookup = GpuLookup.static(held, rows, np.int32)
+    batch = np.array([-1, INT32_MIN, INT32_MAX, 5, -1, 0, 5, -2, 7], np.int32)
+    tiers = NumpyTiers([5], [[9, 9, 9, 9]], -3.0)
+    out, counts = lookup.query(batch, tiers)
+    want = np.array([rows[0], rows[3], rows[4], [9] * 4, rows[0], rows[1], [9] * 4, [-3] * 4, rows[5]], np.float32)
+    np.testing.assert_array_equal(out, want)
+    assert sorted(tiers.calls[0].tolist()) == [-2, 5]
+    assert counts == {"keys": 9, "l1_hits": 6, "missed_keys": 2, "inserted": 0, "evicted": 0}
+    l1, missing = lookup.query_l1(batch)
+    assert missing == [3, 6, 7]
+    np.testing.assert_array_equal(np.delete(l1, missing, axis=0), np.delete(want, missing, axis=0))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dim", [1, 3, 8, 128, 131])
+def test_static_table_query_l1_matches_numpy_with_duplicates_and_the_last_row_of_a_repeated_key_wins(dim):
+    rng = np.random.default_rng(dim)
+    keys = rng.integers(-10**6, 10**6, 20000, dtype=np.int64)
+    keys[:50] = keys[50:100]  # repeated keys in the table: the later row counts
+    rows = rng.standard_normal((len(keys), dim)).astype(np.float32)
+    lookup = GpuLookup.static(keys, rows)
+    tiers = NumpyTiers(keys, rows)  # keeps the last row of a repeated key
+    assert lookup.size() == len(tiers.keys)
+    batch = np.concatenate([rng.choice(keys, 30000), rng.integers(-10**6, 10**6, 3000)])
+    out, missing = lookup.query_l1(batch)
+    want, found = tiers.lookup(batch)
+    assert missing == np.flatnonzero(~found).tolist()
+    np.testing.assert_array_equal(out[found], want[found])
+    assert (out[~found] == -7).all()
+
+
+@needs_gpu
+def test_static_table_update_overwrites_held_rows_and_ignores_others():
+    rng = np.random.default_rng(2)
+    keys = np.arange(-500, 500, dtype=np.int64)
+    rows = rng.standard_normal((1000, 8)).astype(np.float32)
+    lookup = GpuLookup.static(keys, rows)
+    new_keys = np.array([-500, 0, 499, 10**9, -10**9], np.int64)
+    new_rows = np.arange(40, dtype=np.float32).reshape(5, 8)
+    lookup.update(new_keys, new_rows)
+    lookup.update(new_keys[:0], new_rows[:0])
+    assert lookup.size() == 1000
+    out, missing = lookup.query_l1(np.array([-500, 0, 499, 1, 10**9], np.int64))
+    assert missing == [4]
+    np.testing.assert_array_equal(out[:3], new_rows[:3])
+    np.testing.assert_array_equal(out[3], rows[501])
+
+
+@needs_gpu
+def test_an_empty_static_table_sends_every_distinct_key_to_the_callback():
+    rng = np.random.default_rng(3)
+    lookup = GpuLookup.static(np.zeros(0, np.int64), np.zeros((0, 16), np.float32))
+    assert lookup.size() == 0
+    tiers = random_tiers(rng, np.arange(1000), 16)
+    batch = rng.integers(-100, 1100, 7000)
+    out, counts = lookup.query(batch, tiers)
+    np.testing.assert_array_equal(out, expected(tiers, batch))
+    assert sorted(tiers.calls[0].tolist()) == sorted(set(batch.tolist()))
+    assert counts["l1_hits"] == 0 and counts["missed_keys"] == len(set(batch.tolist()))
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: the dynamic cache.
+
+def check_counts(counts: dict, batch: np.ndarray, call: np.ndarray | None, tiers: NumpyTiers,
+                 static: bool = False) -> None:
+    """The counters of one query against what the callback was asked."""
+    fetched = np.zeros(0, np.int64) if call is None else call
+    assert len(np.unique(fetched)) == len(fetched), "the callback got a key twice"
+    assert set(fetched.tolist()) <= set(batch.astype(np.int64).tolist())
+    missed_positions = int(np.isin(batch.astype(np.int64), fetched).sum())
+    assert counts["keys"] == len(batch)
+    assert counts["l1_hits"] + missed_positions == len(batch)
+    assert counts["missed_keys"] == len(fetched)
+    assert counts["inserted"] == (0 if static else int(tiers.lookup(fetched)[1].sum()))
+
+
+@needs_gpu
+@pytest.mark.parametrize("key_dtype, dim", [(np.int64, 16), (np.int32, 5), (np.int64, 128)])
+def test_dynamic_pipeline_is_exact_under_heavy_eviction(key_dtype, dim):
+    rng = np.random.default_rng(4)
+    num_rows = 64 * 400
+    table_keys = np.arange(num_rows, dtype=np.int64) - num_rows // 2  # negative keys, -1 included
+    tiers = random_tiers(rng, table_keys, dim, default=-2.5)
+    lookup = GpuLookup.dynamic(num_rows // 100, dim, key_dtype)  # 1 % of the table: 4 sets
+    inserted = evicted_reported = 0
+    for step in range(60):
+        n = int(rng.choice([1, 7, 100, 2000, 20000]))
+        batch = zipf_keys(rng, n, num_rows + 500) - num_rows // 2  # a few keys no tier holds
+        calls_before = len(tiers.calls)
+        out, counts = lookup.query(batch.astype(key_dtype), tiers)
+        np.testing.assert_array_equal(out, expected(tiers, batch), err_msg=f"step {step}")
+        assert len(tiers.calls) - calls_before <= 1
+        call = tiers.calls[-1] if len(tiers.calls) > calls_before else None
+        assert (call is None) == (counts["missed_keys"] == 0)
+        check_counts(counts, batch, call, tiers)
+        inserted += counts["inserted"]
+        evicted_reported += counts["evicted"]
+        assert 0 <= lookup.size() <= 64 * 4
+    evicted = lookup.evicted()
+    assert evicted > 0 and evicted_reported <= evicted
+    assert inserted - evicted == lookup.size()  # one thread: every insertion took a new key
+    _, counts = lookup.query(np.zeros(0, key_dtype), tiers)
+    assert counts == {"keys": 0, "l1_hits": 0, "missed_keys": 0, "inserted": 0, "evicted": 0}
+
+
+@needs_gpu
+def test_dynamic_pipeline_answers_a_repeated_batch_from_l1_without_a_callback():
+    rng = np.random.default_rng(5)
+    tiers = random_tiers(rng, np.array([0, -1, INT64_MAX, INT64_MIN] + list(range(1, 3000))), 32)
+    lookup = GpuLookup.dynamic(64 * 1000, 32)
+    batch = rng.choice(np.array([0, -1, INT64_MAX, INT64_MIN, 10**12] + list(range(1, 3000))), 50000)
+    out, counts = lookup.query(batch, tiers)
+    np.testing.assert_array_equal(out, expected(tiers, batch))
+    distinct = set(batch.tolist())
+    assert counts["missed_keys"] == len(distinct) and counts["l1_hits"] == 0
+    assert counts["inserted"] == len(distinct) - 1  # 10**12 is held by no tier: not cached
+    assert lookup.size() == len(distinct) - 1
+    calls = len(tiers.calls)
+    keep = batch != 10**12
+    out, counts = lookup.query(batch[keep], tiers)
+    assert len(tiers.calls) == calls  # all hits: no callback
+    np.testing.assert_array_equal(out, expected(tiers, batch[keep]))
+    assert counts == {"keys": int(keep.sum()), "l1_hits": int(keep.sum()), "missed_keys": 0, "inserted": 0,
+                      "evicted": 0}
+    out, counts = lookup.query(batch, tiers)  # the default is asked for again, every time
+    assert tiers.calls[-1].tolist() == [10**12] and counts["missed_keys"] == 1 and counts["inserted"] == 0
+    np.testing.assert_array_equal(out, expected(tiers, batch))
+
+
+@needs_gpu
+def test_dynamic_update_overwrites_cached_rows_only():
+    rng = np.random.default_rng(6)
+    tiers = random_tiers(rng, np.arange(100), 8)
+    lookup = GpuLookup.dynamic(1024, 8, np.int32)
+    lookup.query(np.arange(50, dtype=np.int32), tiers)
+    new_rows = np.full((4, 8), 42.0, np.float32)
+    lookup.update(np.array([3, 60, -1, 2**40], np.int64), new_rows)  # 60, -1 not cached; 2**40 out of range
+    assert lookup.size() == 50
+    out, counts = lookup.query(np.array([3, 4, 60], np.int32), tiers)
+    np.testing.assert_array_equal(out[0], new_rows[0])
+    np.testing.assert_array_equal(out[1:], expected(tiers, [4, 60]))
+    assert counts["missed_keys"] == 1 and tiers.calls[-1].tolist() == [60]
+
+
+@needs_gpu
+def test_a_failing_callback_fails_the_query_with_its_code_and_the_pipeline_recovers():
+    rng = np.random.default_rng(7)
+    tiers = random_tiers(rng, np.arange(1000), 8)
+    pipelines = [(GpuLookup.dynamic(640, 8), 0), (GpuLookup.static(np.arange(10), np.zeros((10, 8), np.float32)), 10)]
+    for lookup, static_rows in pipelines:
+        tiers.fail = 3
+        with pytest.raises(LookupError_) as info:
+            lookup.query(np.arange(100), tiers)
+        assert info.value.code == FETCH_FAILED
+        assert "fetch callback failed (returned 3)" in info.value.message
+        tiers.fail = 0
+        batch = rng.integers(0, 1200, 5000)
+        out, _ = lookup.query(batch, tiers)
+        want = expected(tiers, batch)
+        want[batch < static_rows] = 0  # the static table's own rows are zeros
+        np.testing.assert_array_equal(out, want)
+
+
+@needs_gpu
+def test_invalid_query_arguments_are_refused_with_a_message():
+    lookup = GpuLookup.dynamic(640, 8)
+    lib = device_lib()
+    tiers = NumpyTiers([1], [[0] * 8])
+    keys = DeviceArray(np.arange(4, dtype=np.int64))
+    out = DeviceArray(np.zeros((4, 8), np.float32))
+    cases = [((keys.ptr, -1, out.ptr, tiers.fn), "n must be >= 0, got -1"),
+             ((None, 4, out.ptr, tiers.fn), "d_keys is NULL with n = 4"),
+             ((keys.ptr, 4, None, tiers.fn), "d_out is NULL with n = 4"),
+             ((keys.ptr, 4, out.ptr, FETCH_FN()), "fetch is NULL: misses need a callback"),
+             ((keys.ptr, 2**31, out.ptr, tiers.fn), "at most 2147483647 keys per call, got 2147483648")]
+    for (k, n, o, fn), message in cases:
+        assert lib.hps_gpu_lookup_query(lookup.handle, k, n, o, fn, None, None, None) == INVALID_ARGUMENT
+        assert last_error() == f"hps_gpu_lookup_query: {message}"
+    assert lib.hps_gpu_lookup_update(lookup.handle, None, 3, None) == INVALID_ARGUMENT
+    assert last_error() == "hps_gpu_lookup_update: keys is NULL with m = 3"
+    assert tiers.calls == [] and lookup.size() == 0
+    with pytest.raises(LookupError_) as info:
+        GpuLookup.static([1, 2], np.zeros((2, 0), np.float32))
+    assert info.value.code == INVALID_ARGUMENT
+
+
+@needs_gpu
+def test_concurrent_queries_on_one_pipeline_are_exact():
+    rng = np.random.default_rng(8)
+    num_rows = 20000
+    tiers = random_tiers(rng, np.arange(num_rows), 24)
+    lookup = GpuLookup.dynamic(num_rows // 10, 24)
+    errors = []
+
+    def worker(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        try:
+            for _ in range(25):
+                batch = zipf_keys(local, int(local.integers(1, 6000)), num_rows + 100)
+                out, counts = lookup.query(batch, tiers)
+                np.testing.assert_array_equal(out, expected(tiers, batch))
+                assert counts["l1_hits"] <= len(batch)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert 0 < lookup.size() <= 64 * ((num_rows // 10 + 63) // 64)
+
+
+@needs_gpu
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+def test_a_full_size_batch_of_65536_x_26_zipf_keys_is_exact(kind):
+    rng = np.random.default_rng(9)
+    num_rows, dim = 200000, 16
+    tiers = random_tiers(rng, np.arange(num_rows), dim)
+    if kind == "dynamic":
+        lookup = GpuLookup.dynamic(num_rows // 5, dim)
+    else:
+        lookup = GpuLookup.static(tiers.keys[: num_rows // 2], tiers.rows[: num_rows // 2])
+    for _ in range(2):
+        batch = zipf_keys(rng, 65536 * 26, num_rows)
+        out, counts = lookup.query(batch, tiers)
+        np.testing.assert_array_equal(out, expected(tiers, batch))
+        check_counts(counts, batch, tiers.calls[-1] if counts["missed_keys"] else None, tiers, kind == "static")
+
+
+# ---------------------------------------------------------------------------------------------
+# Everywhere: the CPU baseline of benchmarks/gpu_lookup.py (tests/cache_host_shim.cc).
+
+class DenseTable(ctypes.Structure):
+    _fields_ = [("rows", ctypes.c_void_p), ("num_rows", ctypes.c_int64), ("dim", ctypes.c_int64),
+                ("default_value", ctypes.c_float)]
+
+
+def test_the_cpu_baseline_pipeline_is_exact_and_counts_like_the_gpu_pipeline():
+    from slab_model import HostCache
+    lib = HostCache.lib()
+    lib.hps_cache_host_lookup.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                          ctypes.POINTER(DenseTable), ctypes.c_void_p]
+    rng = np.random.default_rng(10)
+    num_rows, dim = 5000, 6
+    table = rng.standard_normal((num_rows, dim)).astype(np.float32)
+    dense = DenseTable(table.ctypes.data, num_rows, dim, -4.0)
+    cache = HostCache(64 * 2, dim)
+    size = 0
+    for step in range(30):
+        batch = zipf_keys(rng, int(rng.integers(1, 3000)), num_rows + 50) - 20  # keys < 0 and >= num_rows: default
+        out = np.full((len(batch), dim), 9.0, np.float32)
+        counts = np.zeros(5, np.int64)
+        lib.hps_cache_host_lookup(cache.handle, batch.ctypes.data, len(batch), out.ctypes.data, ctypes.byref(dense),
+                                  counts.ctypes.data)
+        held = (batch >= 0) & (batch < num_rows)
+        want = np.full((len(batch), dim), -4.0, np.float32)
+        want[held] = table[batch[held]]
+        np.testing.assert_array_equal(out, want, err_msg=f"step {step}")
+        assert counts[0] == len(batch) and 0 <= counts[1] <= len(batch)
+        assert counts[2] <= len(np.unique(batch)) and counts[3] <= counts[2]
+        size += counts[3] - counts[4]
+        assert size == cache.size()
+    assert size == cache.capacity  # 2 sets under this traffic are full
