@@ -13,6 +13,8 @@ HPS_CORE_SRCS = [
     "core/embedding_cache.cc",
     "core/parameter_server.cc",
     "core/unique_keys.cc",
+    "core/update_consumer.cc",
+    "core/update_stream.cc",
     "storage/factory.cc",
     "storage/hash_map_backend.cc",
     "storage/redis_client.cc",
@@ -32,6 +34,8 @@ HPS_CORE_HDRS = [
     "core/parameter_server.h",
     "core/scratch.h",
     "core/unique_keys.h",
+    "core/update_consumer.h",
+    "core/update_stream.h",
     "storage/backend.h",
     "storage/factory.h",
     "storage/hash_map_backend.h",
@@ -53,7 +57,9 @@ HPS_OP_SRCS = [
     "ops/hps_kernels.cc",
 ]
 
-HPS_OP_HDRS = []
+HPS_OP_HDRS = [
+    "ops/hps_kernel_common.h",
+]
 
 # The C ABI of the storage backends: _tf_hps_storage.so = core + these (no TF).
 HPS_STORAGE_CAPI_SRCS = [
@@ -64,14 +70,28 @@ HPS_STORAGE_CAPI_HDRS = [
     "storage/c_api.h",
 ]
 
-# The GPU embedding cache, TF-free with a C ABI (nvcc, static CUDA runtime):
+# The GPU embedding cache, static table and lookup pipeline, TF-free with C
+# ABIs (nvcc, static CUDA runtime):
 # _tf_hps_gpu_cache.so = these; make only (`make gpu`), no Bazel rule yet.
 HPS_GPU_CACHE_SRCS = [
     "ops/cuda/gpu_cache.cu",
     "ops/cuda/gpu_cache_c_api.cc",
+    "ops/cuda/gpu_static_table.cu",
+    "ops/cuda/gpu_lookup.cu",
+    "ops/cuda/gpu_lookup_c_api.cc",
 ]
 
 HPS_GPU_CACHE_HDRS = [
     "ops/cuda/gpu_cache.h",
     "ops/cuda/gpu_cache_c_api.h",
+    "ops/cuda/gpu_static_table.h",
+    "ops/cuda/gpu_lookup.h",
+    "ops/cuda/gpu_lookup_c_api.h",
+]
+
+# TensorFlow GPU kernels of TfHpsLookup (g++ with TF's GPU headers, no CUDA
+# runtime): _tf_hps_ops_gpu.so = these, linked against _tf_hps_ops.so and
+# _tf_hps_gpu_cache.so; make only (`make gpu`), no Bazel rule yet.
+HPS_GPU_OP_SRCS = [
+    "ops/cuda/hps_gpu_kernels.cc",
 ]

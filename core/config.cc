@@ -181,6 +181,11 @@ void VisitUpdateSource(V& v, UpdateSourceConfig& c) {
   v("max_batch_size", c.max_batch_size);
   v("failure_backoff_ms", c.failure_backoff_ms);
   v("max_commit_interval", c.max_commit_interval);
+  v("address", c.address);
+  v("user_name", c.user_name);
+  v("password", c.password);
+  v("node_id", c.node_id);
+  v("max_stream_entries", c.max_stream_entries);
 }
 
 template <class V>
@@ -355,7 +360,12 @@ void ValidateUpdateSource(UpdateSourceConfig& c) {
   Canonicalize(&c.type, "update_source.type",
                {{"null", "null"}, {"none", "null"}, {"disabled", "null"},
                 {"kafka_message_queue", "kafka_message_queue"}, {"kafka", "kafka_message_queue"},
-                {"kafka_mq", "kafka_message_queue"}});
+                {"kafka_mq", "kafka_message_queue"}, {"redis_stream", "redis_stream"},
+                {"redis_streams", "redis_stream"}});
+  CheckPositive(c.poll_timeout_ms, "update_source.poll_timeout_ms");
+  CheckPositive(c.max_batch_size, "update_source.max_batch_size");
+  CheckPositive(c.failure_backoff_ms, "update_source.failure_backoff_ms");
+  if (c.max_stream_entries < 0) ThrowInvalidArgument("update_source.max_stream_entries must not be negative");
 }
 
 // Reads one JSON object's known fields with `visit`, then reports the rest.

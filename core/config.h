@@ -57,7 +57,7 @@ struct PersistentDbConfig {
 };
 
 struct UpdateSourceConfig {
-  std::string type = "null";
+  std::string type = "null";  // "null", "kafka_message_queue" (not built) or "redis_stream"
   std::string brokers = "127.0.0.1:9092";
   int64_t metadata_refresh_interval_ms = 30000;
   int64_t receive_buffer_size = 262144;
@@ -65,6 +65,15 @@ struct UpdateSourceConfig {
   int64_t max_batch_size = 8192;
   int64_t failure_backoff_ms = 50;
   int64_t max_commit_interval = 32;
+  // redis_stream (tf_hps extension): the Redis server(s) carrying the streams,
+  // credentials, a name for this serving node (default: the host name; the
+  // group that writes the persistent database is named after it and the
+  // database path), and the length streams are trimmed to (entries, about).
+  std::string address = "127.0.0.1:6379";
+  std::string user_name = "default";
+  std::string password;
+  std::string node_id;
+  int64_t max_stream_entries = 100000;
 };
 
 struct ModelConfig {

@@ -169,7 +169,8 @@ void EmbeddingCache::Query(const int64_t* keys, int64_t n, float* values, uint64
   }
 }
 
-int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp) {
+int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp,
+                                const UpdateGuard* guard) {
   stamp = std::max<uint64_t>(stamp, 1);  // 0 would mark the way empty
   const slab::HostLanes lanes;
   int64_t evicted = 0;
@@ -177,6 +178,7 @@ int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* val
     const slab::Home home = slab::HomeOf(keys[i], num_sets_);
     const int64_t base = home.set * kWays;
     SetLock lock(seqs_[home.set]);
+    if (guard && !guard->Holds()) break;
     bool cached;
     const int way =
         slab::ChooseWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, keys[i], &cached);
@@ -192,12 +194,13 @@ int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* val
   return evicted;
 }
 
-void EmbeddingCache::Update(const int64_t* keys, int64_t n, const float* values) {
+void EmbeddingCache::Update(const int64_t* keys, int64_t n, const float* values, const UpdateGuard* guard) {
   const slab::HostLanes lanes;
   for (int64_t i = 0; i < n; ++i) {
     const slab::Home home = slab::HomeOf(keys[i], num_sets_);
     const int64_t base = home.set * kWays;
     SetLock lock(seqs_[home.set]);
+    if (guard && !guard->Holds()) break;
     const int way = slab::FindWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, keys[i]);
     if (way >= 0) std::memcpy(values_.get() + (base + way) * dim_, values + i * dim_, row_bytes_);
   }

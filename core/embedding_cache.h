@@ -23,6 +23,20 @@
 
 namespace tf_hps {
 
+// Keeps rows read from the databases out of the cache when an update of the
+// table may have overtaken them. The table's epoch is odd while an update is
+// being applied (databases first, then the cache) and moves on after it. A
+// reader notes the epoch before it reads the databases; its rows may go into
+// the cache only while the epoch still has that even value, checked under
+// each set's lock, so an update's own cache write always comes last.
+struct UpdateGuard {
+  const std::atomic<uint64_t>* epoch;
+  uint64_t seen;  // the epoch before the databases were read
+  bool Holds() const {
+    return (seen & 1) == 0 && epoch->load(std::memory_order_acquire) == seen;
+  }
+};
+
 class EmbeddingCache {
  public:
   static constexpr int64_t kWays = slab::kWays;
@@ -49,12 +63,14 @@ class EmbeddingCache {
   // Inserts rows (keys: (n), values: (n, dim)): a cached key gets the new row
   // and a fresh stamp; another takes an empty way of its set, else evicts the
   // least recently used one. Keys should be distinct (the last row wins).
-  // Returns how many cached rows were evicted to make room.
-  int64_t Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp);
+  // Returns how many cached rows were evicted to make room. With a guard,
+  // stops at the first key for which it no longer holds.
+  int64_t Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp,
+                  const UpdateGuard* guard = nullptr);
 
   // Overwrites the rows of the keys that are cached; ignores the others.
-  // Stamps are left as they are.
-  void Update(const int64_t* keys, int64_t n, const float* values);
+  // Stamps are left as they are. With a guard, stops like Replace.
+  void Update(const int64_t* keys, int64_t n, const float* values, const UpdateGuard* guard = nullptr);
 
   // Appends the keys cached in sets [set_begin, set_end) to `keys`, set by
   // set, in way order (for refreshing the cache from the lower tiers).

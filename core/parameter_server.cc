@@ -34,26 +34,49 @@ void SerialFor(int64_t total, int64_t, const std::function<void(int64_t, int64_t
 }
 
 ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::move(config)) {
-  if (config_.update_source.type != "null")
-    ThrowUnimplemented("update_source.type '" + config_.update_source.type +
-                       "' is not available in this build");
+  if (config_.update_source.type == "kafka_message_queue")
+    ThrowUnimplemented("update_source.type 'kafka_message_queue' is not available in this build; "
+                       "use \"redis_stream\" (docs/updates.md)");
   volatile_db_ = MakeVolatileBackend(config_.volatile_db);
   persistent_db_ = MakePersistentBackend(config_.persistent_db);
   if (!volatile_db_ && !persistent_db_)
     ThrowInvalidArgument("config: volatile_db and persistent_db are both disabled, so no tier would hold "
                          "the table rows; enable volatile_db (e.g. {\"type\": \"hash_map\"})");
 
+  std::vector<const EmbeddingTable*> all_tables;
   for (const ModelConfig& model : config_.models) {
-    Log(LogLevel::kInfo, "model '" + model.model + "': deployed_device_list " +
-                             JoinInts(model.deployed_device_list) +
-                             "; this build serves every table on the CPU");
     auto& tables = tables_[model.model];
     for (int64_t t = 0; t < model.num_tables(); ++t) {
       auto table = std::make_unique<EmbeddingTable>();
-      LoadTable(model, t, table.get());
+      table->model = model.model;
+      table->name = model.embedding_table_names[t];
+      table->tag = TableTag(table->model, table->name);
+      table->dim = model.embedding_vecsize_per_table[t];
+      all_tables.push_back(table.get());
+      tables.push_back(std::move(table));
+    }
+  }
+  // The update streams' positions are taken before the tables load, so that
+  // updates published meanwhile are applied after.
+  if (config_.update_source.type == "redis_stream") {
+    UpdateConsumer::Tiers tiers;
+    tiers.volatile_db = volatile_db_.get();
+    tiers.volatile_db_shared = volatile_db_ && config_.volatile_db.type == "redis_cluster";
+    tiers.volatile_filters = config_.volatile_db.update_filters;
+    if (!config_.persistent_db.read_only) tiers.persistent_db = persistent_db_.get();
+    tiers.persistent_path = config_.persistent_db.path;
+    tiers.persistent_filters = config_.persistent_db.update_filters;
+    updates_ = std::make_unique<UpdateConsumer>(*this, config_.update_source, std::move(tiers), all_tables);
+  }
+  for (const ModelConfig& model : config_.models) {
+    Log(LogLevel::kInfo, "model '" + model.model + "': deployed_device_list " +
+                             JoinInts(model.deployed_device_list));
+    auto& tables = tables_[model.model];
+    for (int64_t t = 0; t < model.num_tables(); ++t) {
+      EmbeddingTable* table = tables[t].get();
+      LoadTable(model, t, table);
       table->hit_rate_threshold = model.hit_rate_threshold;
       table->refresh_fraction = model.cache_refresh_percentage_per_iteration;
-      tables.push_back(std::move(table));
     }
   }
   inserter_ = std::make_unique<BackgroundWorker>(/*max_queued=*/64);
@@ -68,6 +91,7 @@ ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::mo
     timers_.push_back(std::make_unique<PeriodicTask>(
         delay, interval, [this, name = model.model] { RefreshCaches(name); }));
   }
+  if (updates_) updates_->Start();
 }
 
 ParameterServer::~ParameterServer() = default;
@@ -210,6 +234,7 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
     for (int64_t j = 0; j < m; ++j) miss_keys[j] = unique.keys[missing[j]];
     std::vector<float> fetched(m * dim);
     std::vector<char> found(m, 0);
+    const uint64_t epoch_seen = table.update_epoch.load(std::memory_order_acquire);
     FetchFromDatabases(table, miss_keys.data(), m, fetched.data(), &found, parallel_for);
     std::vector<int64_t> insert_keys;
     std::vector<float> insert_rows;
@@ -221,7 +246,7 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
       }
     }
     if (!insert_keys.empty())
-      InsertIntoCache(table, 1.0 - static_cast<double>(m) / u, stamp, &insert_keys, &insert_rows);
+      InsertIntoCache(table, 1.0 - static_cast<double>(m) / u, stamp, epoch_seen, &insert_keys, &insert_rows);
     // Counters are per key occurrence: how many positions those keys filled.
     std::vector<char> was_missed(u, 0);
     for (int64_t j : missing) was_missed[j] = 1;
@@ -243,18 +268,20 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
 }
 
 void ParameterServer::InsertIntoCache(const EmbeddingTable& table, double hit_rate, uint64_t stamp,
-                                      std::vector<int64_t>* keys, std::vector<float>* rows) const {
+                                      uint64_t epoch_seen, std::vector<int64_t>* keys,
+                                      std::vector<float>* rows) const {
   const int64_t count = static_cast<int64_t>(keys->size());
+  const UpdateGuard guard{&table.update_epoch, epoch_seen};
   if (hit_rate < table.hit_rate_threshold) {
     // A cold batch: insert now, so the next batch finds its rows.
-    table.stats.cache_evicted.fetch_add(table.cache->Replace(keys->data(), count, rows->data(), stamp),
+    table.stats.cache_evicted.fetch_add(table.cache->Replace(keys->data(), count, rows->data(), stamp, &guard),
                                         std::memory_order_relaxed);
     table.stats.cache_inserted.fetch_add(count, std::memory_order_relaxed);
     return;
   }
   // A warm batch: the answer is already exact, so the insertion leaves the lookup path.
-  auto task = [&table, keys = std::move(*keys), rows = std::move(*rows), count, stamp] {
-    table.stats.cache_evicted.fetch_add(table.cache->Replace(keys.data(), count, rows.data(), stamp),
+  auto task = [&table, keys = std::move(*keys), rows = std::move(*rows), count, stamp, guard] {
+    table.stats.cache_evicted.fetch_add(table.cache->Replace(keys.data(), count, rows.data(), stamp, &guard),
                                         std::memory_order_relaxed);
     table.stats.cache_inserted.fetch_add(count, std::memory_order_relaxed);
   };
@@ -363,7 +390,8 @@ std::string ParameterServer::StatsJson() const {
               field("vdb_errors", c.vdb_errors) + ", " + field("vdb_skipped", c.vdb_skipped) + ", " +
               field("cache_inserted", c.cache_inserted) + ", " + field("insert_deferred", c.insert_deferred) + ", " +
               field("insert_dropped", c.insert_dropped) + ", " + field("cache_refreshed", c.cache_refreshed) + ", " +
-              field("cache_evicted", c.cache_evicted) + ", " +
+              field("cache_evicted", c.cache_evicted) + ", " + field("rows_updated", c.rows_updated) + ", " +
+              field("updates_rejected", c.updates_rejected) + ", " + field("update_lag_ms", c.update_lag_ms) + ", " +
               field("cache_rows", cache_rows) + ", " +
               "\"latency_us_bounds\": [" + bounds + "], \"latency_counts\": [" + counts + "]}";
     }
@@ -409,6 +437,7 @@ int64_t ParameterServer::RefreshCaches(const std::string& model) const {
         if (n == 0) continue;
         rows.resize(n * t->dim);
         found.assign(n, 0);
+        const UpdateGuard guard{&t->update_epoch, t->update_epoch.load(std::memory_order_acquire)};
         FetchFromDatabases(*t, keys.data(), n, rows.data(), &found, SerialFor);
         // Keep only rows some tier still holds.
         int64_t kept = 0;
@@ -418,13 +447,30 @@ int64_t ParameterServer::RefreshCaches(const std::string& model) const {
           if (kept != i) std::memcpy(&rows[kept * t->dim], &rows[i * t->dim], t->dim * sizeof(float));
           ++kept;
         }
-        cache.Update(keys.data(), kept, rows.data());
+        // An update that overtook this read wrote newer rows itself.
+        cache.Update(keys.data(), kept, rows.data(), &guard);
         refreshed += kept;
         t->stats.cache_refreshed.fetch_add(kept, std::memory_order_relaxed);
       }
     }
   }
   return refreshed;
+}
+
+void ParameterServer::ApplyUpdate(const EmbeddingTable& table, const int64_t* keys, int64_t n, const float* rows,
+                                  const std::function<void()>& write_databases) const {
+  if (n <= 0) return;
+  std::lock_guard<std::mutex> lock(table.update_mutex);
+  // Odd while the update is applied: lookups and refreshes that read the
+  // databases before it ends keep their rows out of the cache (UpdateGuard).
+  table.update_epoch.fetch_add(1, std::memory_order_seq_cst);
+  struct EndEpoch {
+    const EmbeddingTable& table;
+    ~EndEpoch() { table.update_epoch.fetch_add(1, std::memory_order_seq_cst); }
+  } end_epoch{table};
+  if (write_databases) write_databases();
+  if (table.cache) table.cache->Update(keys, n, rows);
+  table.stats.rows_updated.fetch_add(n, std::memory_order_relaxed);
 }
 
 void ParameterServer::LogStats() const {

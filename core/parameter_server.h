@@ -29,6 +29,7 @@
 #include "core/background_worker.h"
 #include "core/config.h"
 #include "core/embedding_cache.h"
+#include "core/update_consumer.h"
 #include "storage/backend.h"
 
 namespace tf_hps {
@@ -60,6 +61,9 @@ struct TableStats {
   std::atomic<int64_t> insert_dropped{0};   // rows not inserted: the inserter's queue was full
   std::atomic<int64_t> cache_evicted{0};    // rows L1 evicted to make room for others
   std::atomic<int64_t> cache_refreshed{0};  // rows re-read from the databases by refreshes
+  std::atomic<int64_t> rows_updated{0};     // rows of online updates applied
+  std::atomic<int64_t> updates_rejected{0}; // update messages refused (wrong dimension, malformed)
+  std::atomic<int64_t> update_lag_ms{-1};   // publish-to-apply delay of the latest update applied (-1: none yet)
 
   // Lookup latency histogram: counts of calls taking at most kLatencyBoundsUs[i]
   // microseconds (and more than the previous bound); the last bucket is unbounded.
@@ -100,6 +104,9 @@ struct EmbeddingTable {
   int64_t num_rows = 0;                   // rows loaded from the table files
   std::unique_ptr<EmbeddingCache> cache;  // null when gpucache is false
   mutable TableStats stats;
+  // Online updates: odd while one is applied (see UpdateGuard); one at a time.
+  mutable std::atomic<uint64_t> update_epoch{0};
+  mutable std::mutex update_mutex;
 };
 
 class ParameterServer {
@@ -127,6 +134,14 @@ class ParameterServer {
   // refresh_interval.
   int64_t RefreshCaches(const std::string& model) const;
 
+  // Applies an online update of rows (n, dim) to the table: runs
+  // write_databases (the tiers this process writes; may be empty when
+  // another process wrote them already), then overwrites the rows the L1
+  // cache holds, so that no lookup or refresh racing with it can put an
+  // older row back into the cache. Updates of one table are serialised.
+  void ApplyUpdate(const EmbeddingTable& table, const int64_t* keys, int64_t n, const float* rows,
+                   const std::function<void()>& write_databases) const;
+
   // keys: (n) host; out: (n, table.dim) host. Thread-safe.
   void Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
               const ParallelFor& parallel_for) const;
@@ -151,8 +166,8 @@ class ParameterServer {
   // inline for a batch whose L1
   // hit rate is below the table's hit_rate_threshold, else on the background
   // inserter (dropped if its queue is full). Takes the vectors' contents.
-  void InsertIntoCache(const EmbeddingTable& table, double hit_rate, uint64_t stamp, std::vector<int64_t>* keys,
-                       std::vector<float>* rows) const;
+  void InsertIntoCache(const EmbeddingTable& table, double hit_rate, uint64_t stamp, uint64_t epoch_seen,
+                       std::vector<int64_t>* keys, std::vector<float>* rows) const;
 
   ParameterServerConfig config_;
   std::unique_ptr<DatabaseBackend> volatile_db_;    // L2, may be null
@@ -162,6 +177,7 @@ class ParameterServer {
   // Declared after the tables and databases they use, so they stop first.
   std::unique_ptr<BackgroundWorker> inserter_;      // deferred L1 insertions
   std::vector<std::unique_ptr<PeriodicTask>> timers_;  // statistics log, cache refresh
+  std::unique_ptr<UpdateConsumer> updates_;            // online updates; null without an update_source
 };
 
 // The process-wide set of parameter servers, one per distinct canonical

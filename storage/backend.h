@@ -26,6 +26,17 @@ class DatabaseBackend {
   virtual void Insert(const std::string& table, int64_t n, const int64_t* keys,
                       const float* values, int64_t dim) = 0;
 
+  // Writes the rows of an online update. `version` is the update's position
+  // in its stream, as text that sorts in stream order. A backend that several
+  // processes update at once (Redis) keeps, for each key, the row of the
+  // highest version, in whatever order the updates arrive; the others just
+  // insert (their one writer applies updates in order).
+  virtual void ApplyUpdate(const std::string& table, int64_t n, const int64_t* keys, const float* values,
+                           int64_t dim, const std::string& version) {
+    (void)version;
+    Insert(table, n, keys, values, dim);
+  }
+
   // Copies the row of each key found into values[i] (values: (n, dim)) and
   // appends the index i of each key not found to `missing`, in order. Rows of
   // missing keys are left untouched. Returns the number of keys found.

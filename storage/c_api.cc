@@ -9,11 +9,16 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/table_file.h"
+#include "core/update_stream.h"
 #include "storage/factory.h"
 #include "storage/redis_client.h"
 
 struct HpsStorage {
   std::unique_ptr<tf_hps::DatabaseBackend> backend;
+};
+
+struct HpsUpdatePublisher {
+  std::unique_ptr<tf_hps::UpdatePublisher> publisher;
 };
 
 namespace {
@@ -180,6 +185,37 @@ int64_t hps_config_load(const char* path, char* out, size_t out_len, char* err, 
     for (const auto& w : warnings) tf_hps::Log(tf_hps::LogLevel::kWarning, w);
     if (out != nullptr && out_len > text.size()) std::memcpy(out, text.c_str(), text.size() + 1);
     return static_cast<int64_t>(text.size() + 1);
+  });
+}
+
+
+HpsUpdatePublisher* hps_publisher_open(const char* config_json, int64_t max_pending_bytes, int* code, char* err,
+                                       size_t err_len) {
+  std::unique_ptr<HpsUpdatePublisher> handle(new HpsUpdatePublisher);
+  const int64_t status = Guarded(err, err_len, [&]() -> int64_t {
+    std::vector<std::string> warnings;
+    handle->publisher = std::make_unique<tf_hps::UpdatePublisher>(
+        tf_hps::ParseConfig(config_json, "/", &warnings), max_pending_bytes);
+    return 0;
+  });
+  if (code != nullptr) *code = status < 0 ? static_cast<int>(-1 - status) : 0;
+  return status < 0 ? nullptr : handle.release();
+}
+
+void hps_publisher_close(HpsUpdatePublisher* publisher) { delete publisher; }
+
+int64_t hps_publisher_publish(HpsUpdatePublisher* publisher, const char* model, const char* table, int64_t n,
+                              const int64_t* keys, const float* vectors, int64_t dim, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    publisher->publisher->Publish(model, table, n, keys, vectors, dim);
+    return n;
+  });
+}
+
+int64_t hps_publisher_flush(HpsUpdatePublisher* publisher, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    publisher->publisher->Flush();
+    return publisher->publisher->messages_published();
   });
 }
 

@@ -61,6 +61,21 @@ int hps_redis_key_slot(const char* key, size_t len);
  * warnings. Returns the bytes needed, as hps_storage_list_tables does. */
 int64_t hps_config_load(const char* path, char* out, size_t out_len, char* err, size_t err_len);
 
+/* Online updates (docs/updates.md): a publisher of rows to the update
+ * streams of a config whose update_source is "redis_stream". Not thread-safe:
+ * one per thread. */
+typedef struct HpsUpdatePublisher HpsUpdatePublisher;
+/* config_json: a whole config (canonical or as written); max_pending_bytes:
+ * rows queued before publish sends them itself (back-pressure). */
+HpsUpdatePublisher* hps_publisher_open(const char* config_json, int64_t max_pending_bytes, int* code, char* err,
+                                       size_t err_len);
+void hps_publisher_close(HpsUpdatePublisher* publisher);
+/* Queues rows (n) of a table (by its name in embedding_table_names); returns n. */
+int64_t hps_publisher_publish(HpsUpdatePublisher* publisher, const char* model, const char* table, int64_t n,
+                              const int64_t* keys, const float* vectors, int64_t dim, char* err, size_t err_len);
+/* Sends what is queued; returns the number of messages sent so far. */
+int64_t hps_publisher_flush(HpsUpdatePublisher* publisher, char* err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

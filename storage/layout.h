@@ -13,6 +13,8 @@
 // The {...} hash tag puts both hashes of a partition in one cluster slot, so a
 // partition lives on one node and its commands can be pipelined together.
 //
+// Online updates travel in one Redis stream per table, UpdateStreamKey(T).
+//
 // RocksDB. One column family per table, named by its tag; key = the key's 8
 // bytes (int64, little-endian), value = the row's dim*4 bytes.
 #ifndef TF_HPS_STORAGE_LAYOUT_H_
@@ -44,6 +46,18 @@ inline std::string RedisMetaHash(const std::string& tag, int64_t partition) {
 }
 
 inline std::string RocksDbColumnFamily(const std::string& tag) { return tag; }
+
+// Redis, online updates: hash "hps_et{T/p<p>}u" holds, for each key of
+// partition p updated through a stream, the stream position (UpdateVersion)
+// of the row stored, so that updates applied out of order by several
+// processes never replace a newer row with an older one.
+inline std::string RedisVersionHash(const std::string& tag, int64_t partition) {
+  return "hps_et{" + tag + "/p" + std::to_string(partition) + "}u";
+}
+
+// The Redis stream that carries online updates of table T: "hps_upd{T}"
+// (format: docs/updates.md).
+inline std::string UpdateStreamKey(const std::string& tag) { return "hps_upd{" + tag + "}"; }
 
 }  // namespace tf_hps
 

@@ -37,7 +37,7 @@ uint16_t RedisCrc16(std::string_view data);
 int RedisKeySlot(std::string_view key);
 
 // One command: its arguments, stored back to back in one buffer (binary safe).
-// By convention args[1] is the key that routes it.
+// By convention args[1] is the key that routes it (see RouteBy).
 class RedisCommand {
  public:
   RedisCommand() = default;
@@ -50,12 +50,19 @@ class RedisCommand {
 
   size_t argc() const { return ends_.size(); }
   std::string_view arg(size_t i) const;
-  // The routing key (args[1]); empty for a command without a key.
-  std::string_view key() const { return argc() > 1 ? arg(1) : std::string_view(); }
+  // Routes the command by args[i] instead of args[1] (EVAL's first key, say).
+  RedisCommand& RouteBy(size_t i) {
+    route_arg_ = i;
+    return *this;
+  }
+  // The routing key (args[1] unless RouteBy said otherwise); empty for a
+  // command without one.
+  std::string_view key() const { return argc() > route_arg_ ? arg(route_arg_) : std::string_view(); }
 
  private:
   std::string buffer_;
   std::vector<size_t> ends_;  // end offset of each argument in buffer_
+  size_t route_arg_ = 1;
 };
 
 struct RedisReplyDeleter {

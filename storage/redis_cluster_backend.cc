@@ -220,6 +220,64 @@ void RedisClusterBackend::Insert(const std::string& table, int64_t n, const int6
   }
 }
 
+namespace {
+
+// KEYS: the partition's value hash, its version hash. ARGV: the version, then
+// (key field, row) pairs. Versions compare as byte strings (fixed width).
+constexpr const char* kApplyUpdateScript = R"lua(
+local version = ARGV[1]
+for i = 2, #ARGV, 2 do
+  local seen = redis.call('HGET', KEYS[2], ARGV[i])
+  if (not seen) or seen < version then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], version)
+  end
+end
+return 0
+)lua";
+
+}  // namespace
+
+void RedisClusterBackend::ApplyUpdate(const std::string& table, int64_t n, const int64_t* keys,
+                                      const float* values, int64_t dim, const std::string& version) {
+  CheckTable(table);
+  CheckDim(dim);
+  CheckCount(n);
+  if (n == 0) return;
+  const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
+  const auto groups = GroupByPartition(n, keys);
+  std::vector<RedisCommand> commands;
+  std::vector<std::pair<int64_t, size_t>> lengths;  // (partition, index of its HLEN command)
+  for (int64_t p = 0; p < num_partitions_; ++p) {
+    const std::vector<int64_t>& rows = groups[p];
+    if (rows.empty()) continue;
+    const std::string value_hash = RedisValueHash(table, p);
+    for (size_t begin = 0; begin < rows.size(); begin += max_batch_size_) {
+      const size_t end = std::min(rows.size(), begin + static_cast<size_t>(max_batch_size_));
+      RedisCommand eval("EVAL");
+      eval.Reserve(5 + 2 * (end - begin), (8 + row_bytes) * (end - begin) + 256);
+      eval.Add(kApplyUpdateScript).Add(int64_t{2}).Add(value_hash).Add(RedisVersionHash(table, p)).Add(version);
+      eval.RouteBy(3);
+      for (size_t j = begin; j < end; ++j) {
+        const int64_t i = rows[j];
+        eval.Add(KeyField(keys[i]).view());
+        eval.Add(std::string_view(reinterpret_cast<const char*>(values + i * dim), row_bytes));
+      }
+      commands.push_back(std::move(eval));
+    }
+    if (overflow_margin_ != UINT64_MAX) {
+      lengths.emplace_back(p, commands.size());
+      commands.push_back(std::move(RedisCommand("HLEN").Add(value_hash)));
+    }
+  }
+  const std::vector<RedisReplyPtr> replies = client_->Execute(commands);
+  CheckAll(replies, commands);
+  for (const auto& [p, index] : lengths) {
+    const int64_t rows = IntegerOf(*replies[index]);
+    if (static_cast<uint64_t>(rows) > overflow_margin_) ResolveOverflow(table, p, rows);
+  }
+}
+
 int64_t RedisClusterBackend::Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values,
                                    int64_t dim, std::vector<int64_t>* missing) {
   CheckTable(table);
@@ -426,9 +484,12 @@ int64_t RedisClusterBackend::Evict(const std::string& table, int64_t n, const in
 void RedisClusterBackend::EvictTable(const std::string& table) {
   CheckTable(table);
   std::vector<RedisCommand> commands;
-  // Both hashes of a partition share a slot, so one DEL takes both.
+  // The hashes of a partition share a slot, so one DEL takes them all.
   for (int64_t p = 0; p < num_partitions_; ++p)
-    commands.push_back(std::move(RedisCommand("DEL").Add(RedisValueHash(table, p)).Add(RedisMetaHash(table, p))));
+    commands.push_back(std::move(RedisCommand("DEL")
+                                     .Add(RedisValueHash(table, p))
+                                     .Add(RedisMetaHash(table, p))
+                                     .Add(RedisVersionHash(table, p))));
   CheckAll(client_->Execute(commands), commands);
 }
 

@@ -28,6 +28,10 @@ class RedisClusterBackend : public DatabaseBackend {
   const char* name() const override { return "redis_cluster"; }
   void Insert(const std::string& table, int64_t n, const int64_t* keys, const float* values,
               int64_t dim) override;
+  // One server-side script per partition and batch: a key's row is written
+  // only if `version` is above the one recorded for it (RedisVersionHash).
+  void ApplyUpdate(const std::string& table, int64_t n, const int64_t* keys, const float* values, int64_t dim,
+                   const std::string& version) override;
   int64_t Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
                 std::vector<int64_t>* missing) override;
   int64_t Size(const std::string& table) const override;
