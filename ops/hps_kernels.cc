@@ -1,14 +1,18 @@
 // CPU kernels of the tf_hps ops: thin adapters from TensorFlow tensors to the
 // TF-free parameter server (core/), which does the work. Core errors
 // (HpsError) become absl::Status here, and so tf.errors.* in Python.
+#include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/config.h"
 #include "core/error.h"
 #include "core/parameter_server.h"
 #include "core/scratch.h"
+#include "core/unique_keys.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/platform/threadpool.h"
@@ -102,55 +106,21 @@ class InitOp : public OpKernel {
   std::string handle_;  // set by the first successful Compute
 };
 
-template <typename K>
-class LookupOp : public OpKernel {
+// Binds an op's (model_name, table_id, emb_vec_size) attrs to a table of the
+// parameter server behind a handle; checks them against the config once per
+// handle, and the key dtype against supportlonglong.
+class TableBinding {
  public:
-  explicit LookupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit TableBinding(OpKernelConstruction* ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("model_name", &model_name_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("table_id", &table_id_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("emb_vec_size", &emb_vec_size_));
   }
 
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& keys = ctx->input(0);
-    const Tensor& handle = ctx->input(1);
-    OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(handle.shape()),
-                absl::InvalidArgumentError("ps_handle must be a scalar string"));
-    RunGuarded(ctx, [&] {
-      std::shared_ptr<const ParameterServer> server;
-      const EmbeddingTable* table = nullptr;
-      Resolve(handle.scalar<tensorflow::tstring>()(), &server, &table);
+  int64_t emb_vec_size() const { return emb_vec_size_; }
 
-      TensorShape out_shape = keys.shape();
-      out_shape.AddDim(emb_vec_size_);
-      Tensor* out = nullptr;
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
-      const int64_t n = keys.NumElements();
-      if (n == 0) return;
-
-      const int64_t* keys64 = nullptr;
-      if constexpr (std::is_same_v<K, int64_t>) {
-        keys64 = keys.flat<int64_t>().data();
-      } else {
-        thread_local ScratchBuffer<int64_t> widened;
-        const K* raw = keys.flat<K>().data();
-        int64_t* wide = widened.Get(n);
-        std::copy(raw, raw + n, wide);  // sign-extends int32 keys
-        keys64 = wide;
-      }
-      auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-      ParallelFor parallel_for = [workers](int64_t total, int64_t cost,
-                                           const std::function<void(int64_t, int64_t)>& work) {
-        workers->ParallelFor(total, cost, work);
-      };
-      server->Lookup(*table, keys64, n, out->flat<float>().data(), parallel_for);
-    });
-  }
-
- private:
-  // Finds the server and table once per handle, checking the op's attrs
-  // against the config.
-  void Resolve(const std::string& handle, std::shared_ptr<const ParameterServer>* server,
+  // Throws HpsError naming what does not match.
+  void Resolve(const std::string& handle, bool keys_are_int64, std::shared_ptr<const ParameterServer>* server,
                const EmbeddingTable** table) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (handle != handle_) {
@@ -160,17 +130,18 @@ class LookupOp : public OpKernel {
         ThrowInvalidArgument("emb_vec_size " + std::to_string(emb_vec_size_) + " does not match table " +
                              std::to_string(table_id_) + " ('" + t.name + "') of model '" + model_name_ +
                              "', whose embedding_vecsize_per_table is " + std::to_string(t.dim));
-      if (std::is_same_v<K, int64_t> && !found->config().supportlonglong)
-        ThrowInvalidArgument("keys are int64 but the config sets supportlonglong to false; pass int32 keys "
-                             "or set supportlonglong to true");
       server_ = std::move(found);
       table_ = &t;
       handle_ = handle;
     }
+    if (keys_are_int64 && !server_->config().supportlonglong)
+      ThrowInvalidArgument("keys are int64 but the config sets supportlonglong to false; pass int32 keys "
+                           "or set supportlonglong to true");
     *server = server_;
     *table = table_;
   }
 
+ private:
   std::string model_name_;
   int64_t table_id_ = 0;
   int64_t emb_vec_size_ = 0;
@@ -178,6 +149,238 @@ class LookupOp : public OpKernel {
   std::string handle_;
   std::shared_ptr<const ParameterServer> server_;
   const EmbeddingTable* table_ = nullptr;
+};
+
+// The keys of a tensor as int64 (int32 keys sign-extended into a per-thread buffer).
+template <typename K>
+const int64_t* KeysAsInt64(const Tensor& keys) {
+  if constexpr (std::is_same_v<K, int64_t>) {
+    return keys.flat<int64_t>().data();
+  } else {
+    thread_local ScratchBuffer<int64_t> widened;
+    const int64_t n = keys.NumElements();
+    const K* raw = keys.flat<K>().data();
+    int64_t* wide = widened.Get(n);
+    std::copy(raw, raw + n, wide);
+    return wide;
+  }
+}
+
+ParallelFor WorkerPool(OpKernelContext* ctx) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& work) {
+    workers->ParallelFor(total, cost, work);
+  };
+}
+
+template <typename K>
+class LookupOp : public OpKernel {
+ public:
+  explicit LookupOp(OpKernelConstruction* ctx) : OpKernel(ctx), binding_(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& keys = ctx->input(0);
+    const Tensor& handle = ctx->input(1);
+    OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(handle.shape()),
+                absl::InvalidArgumentError("ps_handle must be a scalar string"));
+    RunGuarded(ctx, [&] {
+      std::shared_ptr<const ParameterServer> server;
+      const EmbeddingTable* table = nullptr;
+      binding_.Resolve(handle.scalar<tensorflow::tstring>()(), std::is_same_v<K, int64_t>, &server, &table);
+
+      TensorShape out_shape = keys.shape();
+      out_shape.AddDim(binding_.emb_vec_size());
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
+      const int64_t n = keys.NumElements();
+      if (n == 0) return;
+      server->Lookup(*table, KeysAsInt64<K>(keys), n, out->flat<float>().data(), WorkerPool(ctx));
+    });
+  }
+
+ private:
+  TableBinding binding_;
+};
+
+enum class Combiner { kSum, kMean, kSqrtn };
+
+// float32 -> the output dtype, rounding to nearest even.
+template <typename T>
+inline T FromFloat(float x) {
+  return static_cast<T>(x);
+}
+
+// TfHpsSparseLookup: dedups the keys, looks each distinct key up once, clips
+// the distinct rows if asked, then writes every output row in one pass over
+// its keys (grouped by a stable counting sort on the segment ids, so the
+// input need not be sorted and each row sums its keys in input order).
+template <typename K, typename S, typename T>
+class SparseLookupOp : public OpKernel {
+ public:
+  explicit SparseLookupOp(OpKernelConstruction* ctx) : OpKernel(ctx), binding_(ctx) {
+    std::string combiner;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("combiner", &combiner));
+    if (combiner == "sum") {
+      combiner_ = Combiner::kSum;
+    } else if (combiner == "mean") {
+      combiner_ = Combiner::kMean;
+    } else if (combiner == "sqrtn") {
+      combiner_ = Combiner::kSqrtn;
+    } else {
+      ctx->CtxFailure(absl::InvalidArgumentError("combiner must be 'sum', 'mean' or 'sqrtn', got '" + combiner +
+                                                 "'"));
+      return;
+    }
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("weighted", &weighted_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("max_norm", &max_norm_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    using ::tensorflow::TensorShapeUtils;
+    const Tensor& keys = ctx->input(0);
+    const Tensor& segment_ids = ctx->input(1);
+    const Tensor& weights = ctx->input(2);
+    const Tensor& num_rows_t = ctx->input(3);
+    const Tensor& handle = ctx->input(4);
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(keys.shape()),
+                absl::InvalidArgumentError("keys must be a vector, got shape " + keys.shape().DebugString()));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(segment_ids.shape()),
+                absl::InvalidArgumentError("segment_ids must be a vector, got shape " +
+                                           segment_ids.shape().DebugString()));
+    const int64_t nnz = keys.NumElements();
+    OP_REQUIRES(ctx, segment_ids.NumElements() == nnz,
+                absl::InvalidArgumentError("segment_ids has " + std::to_string(segment_ids.NumElements()) +
+                                           " values but keys has " + std::to_string(nnz)));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(weights.shape()),
+                absl::InvalidArgumentError("weights must be a vector, got shape " + weights.shape().DebugString()));
+    if (weighted_) {
+      OP_REQUIRES(ctx, weights.NumElements() == nnz,
+                  absl::InvalidArgumentError("weights has " + std::to_string(weights.NumElements()) +
+                                             " values but keys has " + std::to_string(nnz) +
+                                             ": each key needs one weight"));
+    } else {
+      OP_REQUIRES(ctx, weights.NumElements() == 0,
+                  absl::InvalidArgumentError("weights must be empty when weighted is false"));
+    }
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(num_rows_t.shape()),
+                absl::InvalidArgumentError("num_rows must be a scalar"));
+    const int64_t num_rows = num_rows_t.scalar<int64_t>()();
+    OP_REQUIRES(ctx, num_rows >= 0,
+                absl::InvalidArgumentError("num_rows must be >= 0, got " + std::to_string(num_rows)));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(handle.shape()),
+                absl::InvalidArgumentError("ps_handle must be a scalar string"));
+
+    RunGuarded(ctx, [&] {
+      std::shared_ptr<const ParameterServer> server;
+      const EmbeddingTable* table = nullptr;
+      binding_.Resolve(handle.scalar<tensorflow::tstring>()(), std::is_same_v<K, int64_t>, &server, &table);
+      const int64_t dim = binding_.emb_vec_size();
+
+      // Group the keys by output row: offsets (num_rows + 1), order (nnz).
+      thread_local ScratchBuffer<int64_t> offsets_buffer;
+      thread_local ScratchBuffer<int64_t> order_buffer;
+      int64_t* offsets = offsets_buffer.Get(num_rows + 1);
+      int64_t* order = order_buffer.Get(nnz);
+      std::fill_n(offsets, num_rows + 1, 0);
+      const S* segments = segment_ids.flat<S>().data();
+      for (int64_t i = 0; i < nnz; ++i) {
+        const int64_t s = static_cast<int64_t>(segments[i]);
+        if (s < 0 || s >= num_rows)
+          ThrowInvalidArgument("segment_ids[" + std::to_string(i) + "] = " + std::to_string(s) +
+                               " is out of range [0, " + std::to_string(num_rows) +
+                               "): each key's row must be below num_rows (a SparseTensor's dense_shape[0])");
+        ++offsets[s + 1];
+      }
+
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({num_rows, dim}), &out));
+      T* out_data = out->flat<T>().data();
+      if (num_rows == 0) return;
+      if (nnz == 0) {
+        std::fill_n(out_data, num_rows * dim, FromFloat<T>(0.0f));
+        return;
+      }
+      for (int64_t r = 0; r < num_rows; ++r) offsets[r + 1] += offsets[r];
+      {
+        thread_local ScratchBuffer<int64_t> cursor_buffer;
+        int64_t* cursor = cursor_buffer.Get(num_rows);
+        std::copy(offsets, offsets + num_rows, cursor);
+        for (int64_t i = 0; i < nnz; ++i) order[cursor[static_cast<int64_t>(segments[i])]++] = i;
+      }
+
+      // Each distinct key once.
+      thread_local UniqueKeys this_thread_unique;
+      UniqueKeys& unique = this_thread_unique;
+      Dedup(KeysAsInt64<K>(keys), nnz, &unique);
+      const int64_t u = static_cast<int64_t>(unique.keys.size());
+      thread_local ScratchBuffer<float> rows_buffer;
+      float* rows = rows_buffer.Get(u * dim);
+      const ParallelFor parallel_for = WorkerPool(ctx);
+      server->Lookup(*table, unique.keys.data(), u, rows, parallel_for);
+
+      if (max_norm_ >= 0.0f) {
+        // As tf.clip_by_norm: row * max_norm / max(norm, max_norm), every row.
+        const float clip = max_norm_;
+        parallel_for(u, 4 * dim + 20, [rows, dim, clip](int64_t begin, int64_t end) {
+          for (int64_t j = begin; j < end; ++j) {
+            float* row = rows + j * dim;
+            float squares = 0.0f;
+            for (int64_t d = 0; d < dim; ++d) squares += row[d] * row[d];
+            const float norm = squares > 0.0f ? std::sqrt(squares) : squares;
+            const float denominator = std::max(norm, clip);
+            for (int64_t d = 0; d < dim; ++d) row[d] = row[d] * clip / denominator;
+          }
+        });
+      }
+
+      const int64_t* index = unique.index.data();
+      const float* w = weighted_ ? weights.flat<float>().data() : nullptr;
+      const Combiner combiner = combiner_;
+      const int64_t cost = (nnz / num_rows + 1) * dim * 2 + 10;
+      parallel_for(num_rows, cost, [&, rows, offsets, order, index, w, out_data](int64_t begin, int64_t end) {
+        std::vector<float> acc(dim);
+        for (int64_t r = begin; r < end; ++r) {
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          float weight_sum = 0.0f;
+          float square_sum = 0.0f;
+          for (int64_t p = offsets[r]; p < offsets[r + 1]; ++p) {
+            const int64_t e = order[p];
+            const float* row = rows + index[e] * dim;
+            if (w != nullptr) {
+              const float we = w[e];
+              for (int64_t d = 0; d < dim; ++d) acc[d] += we * row[d];
+              weight_sum += we;
+              square_sum += we * we;
+            } else {
+              for (int64_t d = 0; d < dim; ++d) acc[d] += row[d];
+              weight_sum += 1.0f;
+              square_sum += 1.0f;
+            }
+          }
+          T* dst = out_data + r * dim;
+          float divisor = 1.0f;
+          if (combiner == Combiner::kMean) divisor = weight_sum;
+          if (combiner == Combiner::kSqrtn) divisor = std::sqrt(square_sum);
+          if (combiner == Combiner::kSum) {
+            for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(acc[d]);
+          } else if (divisor == 0.0f) {  // an empty row, or weights summing to 0: zeros, like div_no_nan
+            for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(0.0f);
+          } else if (w == nullptr) {  // as sparse_segment_{mean,sqrt_n}: times the reciprocal
+            const float scale = 1.0f / divisor;
+            for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(acc[d] * scale);
+          } else {  // as div_no_nan
+            for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(acc[d] / divisor);
+          }
+        }
+      });
+    });
+  }
+
+ private:
+  TableBinding binding_;
+  Combiner combiner_ = Combiner::kMean;
+  bool weighted_ = false;
+  float max_norm_ = -1.0f;
 };
 
 class StatsOp : public OpKernel {
@@ -223,6 +426,24 @@ REGISTER_KERNEL_BUILDER(
 REGISTER_KERNEL_BUILDER(
     Name("TfHpsLookup").Device(::tensorflow::DEVICE_CPU).TypeConstraint<int64_t>("Tkeys"),
     LookupOp<int64_t>);
+
+#define TF_HPS_REGISTER_SPARSE_LOOKUP(K, S, T)                                        \
+  REGISTER_KERNEL_BUILDER(Name("TfHpsSparseLookup")                                   \
+                              .Device(::tensorflow::DEVICE_CPU)                       \
+                              .TypeConstraint<K>("Tkeys")                             \
+                              .TypeConstraint<S>("Tsegments")                         \
+                              .TypeConstraint<T>("dtype"),                            \
+                          SparseLookupOp<K, S, T>);
+#define TF_HPS_REGISTER_SPARSE_LOOKUP_ALL_DTYPES(K, S)         \
+  TF_HPS_REGISTER_SPARSE_LOOKUP(K, S, float)                   \
+  TF_HPS_REGISTER_SPARSE_LOOKUP(K, S, Eigen::half)             \
+  TF_HPS_REGISTER_SPARSE_LOOKUP(K, S, ::tensorflow::bfloat16)
+TF_HPS_REGISTER_SPARSE_LOOKUP_ALL_DTYPES(int32_t, int32_t)
+TF_HPS_REGISTER_SPARSE_LOOKUP_ALL_DTYPES(int32_t, int64_t)
+TF_HPS_REGISTER_SPARSE_LOOKUP_ALL_DTYPES(int64_t, int32_t)
+TF_HPS_REGISTER_SPARSE_LOOKUP_ALL_DTYPES(int64_t, int64_t)
+#undef TF_HPS_REGISTER_SPARSE_LOOKUP_ALL_DTYPES
+#undef TF_HPS_REGISTER_SPARSE_LOOKUP
 
 }  // namespace
 }  // namespace tf_hps

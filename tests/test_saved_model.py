@@ -62,7 +62,7 @@ def test_concurrent_first_calls_initialise_once(exported, tmp_path):
     proc = run_python(SERVE, hps.op_library_path(), export, ids, str(tmp_path / "out.npy"), "8")
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), want)
     assert proc.stderr.count("loaded into the hash_map") == 1, proc.stderr
-    assert proc.stderr.count("this build serves every table on the CPU") == 1, proc.stderr
+    assert proc.stderr.count("': deployed_device_list") == 1, proc.stderr
 
 
 def test_export_without_the_op_library_fails_with_a_clear_error(exported):

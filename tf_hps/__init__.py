@@ -7,10 +7,15 @@ A drop-in successor to HugeCTR's HPS TensorFlow plugin::
     layer = hps.LookupLayer(model_name="foo", table_id=0, emb_vec_size=16, emb_vec_dtype=tf.float32)
 
 TensorFlow is imported on first use of an API that needs it, so the storage
-tools (``tf_hps.storage``, ``python -m tf_hps``) start quickly without it.
+tools (``tf_hps.storage``, ``python -m tf_hps``) start quickly without it. In
+a process that has already imported TensorFlow or Keras, ``import tf_hps``
+registers the layers with Keras at once, so ``keras.saving.load_model`` finds
+them without ``custom_objects`` (import tf_hps after keras, or touch
+``tf_hps.LookupLayer`` before loading, in a process that imports keras later).
 """
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -20,9 +25,14 @@ _EXPORTS = {
     "stats": "tf_hps.api",
     "refresh_cache": "tf_hps.api",
     "LookupLayer": "tf_hps.layers",
+    "SparseLookupLayer": "tf_hps.layers",
     "PsConfig": "tf_hps.config",
     "load_config": "tf_hps.config",
     "op_library_path": "tf_hps._ops",
+    "gpu_op_library_path": "tf_hps._ops",
+    "plan_memory": "tf_hps.plan",
+    "UpdatePublisher": "tf_hps.updates",
+    "PublishChangedRows": "tf_hps.callbacks",
     "load_table": "tf_hps.tables",
     "save_table": "tf_hps.tables",
     "save_embedding_layer": "tf_hps.tables",
@@ -42,3 +52,8 @@ def __getattr__(name):
 
 def __dir__():
     return __all__
+
+
+# The layers register themselves with Keras when their module is imported.
+if "keras" in sys.modules or "tensorflow" in sys.modules:
+    importlib.import_module("tf_hps.layers")

@@ -13,6 +13,24 @@ from tf_hps.config import PsConfig, load_config
 _default: PsConfig | None = None
 
 
+def _evaluate(build):
+    """Runs the ops that ``build()`` creates, now, on the CPU, and returns their values as numpy.
+
+    Eagerly where TensorFlow executes eagerly, also when called while a ``tf.function`` traces or
+    inside a ``tf.Graph`` (``init_scope`` steps out of them); in TF1 mode (eager execution disabled)
+    in a private graph and session, so the caller's graph gets no nodes from it.
+    """
+    with tf.init_scope():
+        if tf.executing_eagerly():
+            with tf.device("/CPU:0"):
+                return tf.nest.map_structure(lambda t: t.numpy(), build())
+    graph = tf.Graph()
+    with graph.as_default(), tf.device("/CPU:0"):
+        fetches = build()
+    with tf.compat.v1.Session(graph=graph) as session:
+        return session.run(fetches)
+
+
 def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> str:  # noqa: N802 (HPS name)
     """Loads the parameter server of a config now, and makes it the default.
 
@@ -31,8 +49,7 @@ def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> 
     if not os.fspath(ps_config_file):
         raise ValueError("ps_config_file is required")
     config = load_config(ps_config_file)
-    with tf.device("/CPU:0"):
-        ops().tf_hps_init(ps_config=config.canonical_json, global_batch_size=global_batch_size)
+    _evaluate(lambda: ops().tf_hps_init(ps_config=config.canonical_json, global_batch_size=global_batch_size))
     _default = config
     return "OK"
 
@@ -57,8 +74,7 @@ def stats() -> dict[str, dict[str, int]]:
         1234
     """
     totals: dict[str, dict[str, int]] = {}
-    with tf.device("/CPU:0"):
-        per_server = ops().tf_hps_stats().numpy()
+    per_server = _evaluate(lambda: ops().tf_hps_stats())
     for text in per_server:
         for tag, counters in json.loads(text.decode()).items():
             table = totals.get(tag)
@@ -86,8 +102,7 @@ def refresh_cache(model_name: str = "") -> int:
         >>> hps.refresh_cache("foo")  # doctest: +SKIP
         2000
     """
-    with tf.device("/CPU:0"):
-        return int(ops().tf_hps_refresh(model_name=model_name).numpy())
+    return int(_evaluate(lambda: ops().tf_hps_refresh(model_name=model_name)))
 
 
 def default_config() -> PsConfig | None:

@@ -13,7 +13,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import tensorflow as tf
 
 from tf_hps._ops import ops
 
@@ -54,10 +53,12 @@ def load_config(ps_config_file: str | os.PathLike) -> PsConfig:
         >>> cfg.model("foo")["embedding_vecsize_per_table"]  # doctest: +SKIP
         [16]
     """
+    from tf_hps.api import _evaluate  # not at the top: tf_hps.api imports this module
+
     path = os.path.abspath(os.fspath(ps_config_file))
-    with tf.device("/CPU:0"):
-        canonical, warning_list = ops().tf_hps_parse_config(config_file=path)
-    for message in warning_list.numpy():
+    # Parsed now, also inside a tf.Graph, a tf.function or TF1 mode (eager execution disabled).
+    canonical, warning_list = _evaluate(lambda: ops().tf_hps_parse_config(config_file=path))
+    for message in warning_list:
         warnings.warn(message.decode(), UserWarning, stacklevel=2)
-    text = canonical.numpy().decode()
+    text = canonical.decode()
     return PsConfig(path=path, canonical_json=text, data=json.loads(text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import keras
@@ -12,38 +13,32 @@ from tf_hps._ops import ops
 from tf_hps.config import PsConfig, load_config
 
 _KEY_DTYPES = (tf.int32, tf.int64)
+_OUTPUT_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+_COMBINERS = ("sum", "mean", "sqrtn")
 
 
 def _check_dtype(emb_vec_dtype) -> tf.DType:
-    dtype = tf.as_dtype(emb_vec_dtype)
-    if dtype != tf.float32:
-        raise ValueError(f"emb_vec_dtype must be float32, got {dtype.name}")
+    try:
+        dtype = tf.as_dtype(emb_vec_dtype)
+    except TypeError:
+        raise ValueError(
+            f"emb_vec_dtype must be float32, float16 or bfloat16, got {emb_vec_dtype!r}"
+        ) from None
+    if dtype not in _OUTPUT_DTYPES:
+        raise ValueError(f"emb_vec_dtype must be float32, float16 or bfloat16, got {dtype.name}")
     return dtype
 
 
-@keras.saving.register_keras_serializable(package="tf_hps")
-class LookupLayer(keras.layers.Layer):
-    """Looks up rows of one table of one model, like ``tf.nn.embedding_lookup``.
+def _check_keys(keys, layer: str, what: str) -> None:
+    if keys.dtype not in _KEY_DTYPES:
+        raise TypeError(
+            f"{layer} {what} must be int32 or int64, got {keys.dtype.name} "
+            "(for a Keras input use keras.Input(..., dtype='int64'))"
+        )
 
-    Args:
-        model_name: the ``model`` entry of the config.
-        table_id: index of the table within that model.
-        emb_vec_size: the table's dimension; must equal
-            ``embedding_vecsize_per_table[table_id]``.
-        emb_vec_dtype: dtype of the output (float32).
-        ps_config_file: HPS JSON config. Empty: the config of the last
-            ``hps.Init`` call. The config travels inside the exported model.
-        global_batch_size: as in HPS; kept for compatibility.
 
-    ``call(ids, max_norm=None)`` takes int32 or int64 keys of any shape and
-    returns float32 of shape ``ids.shape + [emb_vec_size]``; keys absent from
-    every tier get the table's ``default_value_for_each_table``.
-
-    Example:
-        >>> layer = LookupLayer("foo", 0, 16, tf.float32, "ps_config.json")  # doctest: +SKIP
-        >>> layer(tf.constant([[1, 2], [3, 4]], tf.int64)).shape             # doctest: +SKIP
-        TensorShape([2, 2, 16])
-    """
+class _TableLayer(keras.layers.Layer):
+    """What both layers share: the table they name, its config, the handle op."""
 
     def __init__(
         self,
@@ -77,6 +72,9 @@ class LookupLayer(keras.layers.Layer):
             self._ps_config = api.default_config()
         if self._ps_config is not None:
             self._check_table(self._ps_config)
+        # No weights to create: built now, so Keras never needs the input's shape
+        # (inputs of unknown rank work, as tf.nn.embedding_lookup's do).
+        self.built = True
 
     def _check_table(self, config: PsConfig) -> None:
         model = config.model(self.model_name)
@@ -96,37 +94,14 @@ class LookupLayer(keras.layers.Layer):
             self._ps_config = api.default_config()
             if self._ps_config is None:
                 raise RuntimeError(
-                    "LookupLayer has no config: pass ps_config_file=..., or call hps.Init(...) first"
+                    f"{type(self).__name__} has no config: pass ps_config_file=..., or call hps.Init(...) first"
                 )
             self._check_table(self._ps_config)
         return self._ps_config
 
-    def call(self, ids, max_norm=None):
-        ids = tf.convert_to_tensor(ids)
-        if ids.dtype not in _KEY_DTYPES:
-            raise TypeError(
-                f"LookupLayer ids must be int32 or int64, got {ids.dtype.name} "
-                "(for a Keras input use keras.Input(..., dtype='int64'))"
-            )
-        handle = ops().tf_hps_init(
-            ps_config=self._config().canonical_json, global_batch_size=self.global_batch_size
-        )
-        embeddings = ops().tf_hps_lookup(
-            keys=ids,
-            ps_handle=handle,
-            model_name=self.model_name,
-            table_id=self.table_id,
-            emb_vec_size=self.emb_vec_size,
-        )
-        if max_norm is not None:
-            # The same clipping as tf.nn.embedding_lookup: the L2 norm of each row.
-            rank = ids.shape.rank
-            axes = [rank] if rank is not None else tf.reshape(tf.rank(ids), [1])
-            embeddings = tf.clip_by_norm(embeddings, max_norm, axes=axes)
-        return embeddings
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape) + (self.emb_vec_size,)
+    def _handle(self):
+        """The TfHpsInit op: loads the config's server on first run, returns its handle."""
+        return ops().tf_hps_init(ps_config=self._config().canonical_json, global_batch_size=self.global_batch_size)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -139,3 +114,181 @@ class LookupLayer(keras.layers.Layer):
             global_batch_size=self.global_batch_size,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="tf_hps")
+class LookupLayer(_TableLayer):
+    """Looks up rows of one table of one model, like ``tf.nn.embedding_lookup``.
+
+    Args:
+        model_name: the ``model`` entry of the config.
+        table_id: index of the table within that model.
+        emb_vec_size: the table's dimension; must equal
+            ``embedding_vecsize_per_table[table_id]``.
+        emb_vec_dtype: dtype of the output: float32, float16 or bfloat16
+            (tables hold float32; rows are rounded to it, after ``max_norm``).
+        ps_config_file: HPS JSON config. Empty: the config of the last
+            ``hps.Init`` call. The config travels inside the exported model.
+        global_batch_size: as in HPS; kept for compatibility.
+
+    ``call(ids, max_norm=None)`` takes int32 or int64 keys of any shape and
+    returns ``emb_vec_dtype`` of shape ``ids.shape + [emb_vec_size]``; keys
+    absent from every tier get the table's ``default_value_for_each_table``.
+    A config with ``supportlonglong: false`` takes int32 keys only.
+
+    Example:
+        >>> layer = LookupLayer("foo", 0, 16, tf.float32, "ps_config.json")  # doctest: +SKIP
+        >>> layer(tf.constant([[1, 2], [3, 4]], tf.int64)).shape             # doctest: +SKIP
+        TensorShape([2, 2, 16])
+    """
+
+    def call(self, ids, max_norm=None):
+        ids = tf.convert_to_tensor(ids)
+        _check_keys(ids, "LookupLayer", "ids")
+        embeddings = ops().tf_hps_lookup(
+            keys=ids,
+            ps_handle=self._handle(),
+            model_name=self.model_name,
+            table_id=self.table_id,
+            emb_vec_size=self.emb_vec_size,
+        )
+        if max_norm is not None:
+            # The same clipping as tf.nn.embedding_lookup: the L2 norm of each row.
+            rank = ids.shape.rank
+            axes = [rank] if rank is not None else tf.reshape(tf.rank(ids), [1])
+            embeddings = tf.clip_by_norm(embeddings, max_norm, axes=axes)
+        if self.emb_vec_dtype != tf.float32:
+            embeddings = tf.cast(embeddings, self.emb_vec_dtype)
+        return embeddings
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.emb_vec_size,)
+
+    def compute_output_spec(self, ids, max_norm=None):
+        return keras.KerasTensor(self.compute_output_shape(ids.shape), dtype=self.emb_vec_dtype.name)
+
+
+def _sparse_parts(sp, what: str):
+    """(values, row of each value, number of rows, static number of rows) of a rank-2 sparse or ragged tensor."""
+    if isinstance(sp, tf.compat.v1.SparseTensorValue):
+        sp = tf.SparseTensor.from_value(sp)
+    if isinstance(sp, tf.SparseTensor):
+        rank = sp.shape.rank
+        if rank is not None and rank != 2:
+            raise ValueError(f"{what} must have rank 2, got a SparseTensor of rank {rank}")
+        return sp.values, sp.indices[:, 0], sp.dense_shape[0], sp.shape[0]
+    if isinstance(sp, tf.RaggedTensor):
+        if sp.shape.rank != 2 or sp.ragged_rank != 1:
+            raise ValueError(
+                f"{what} must have rank 2 (one ragged dimension), got a RaggedTensor of shape {sp.shape}"
+            )
+        return sp.values, sp.value_rowids(), sp.nrows(out_type=tf.int64), sp.shape[0]
+    hint = ""
+    if tf.is_tensor(sp):
+        hint = (
+            " (a dense tensor: to export a model with sparse or ragged inputs, give the serving function an "
+            "input_signature of tf.SparseTensorSpec or tf.RaggedTensorSpec, e.g. through "
+            "keras.export.ExportArchive; Keras's model.export makes dense specs)"
+        )
+    raise TypeError(f"{what} must be a tf.SparseTensor or tf.RaggedTensor, got {type(sp).__name__}{hint}")
+
+
+@keras.saving.register_keras_serializable(package="tf_hps")
+class SparseLookupLayer(_TableLayer):
+    """Looks up and combines rows of one table per sample, like ``tf.nn.embedding_lookup_sparse``.
+
+    Args:
+        model_name: the ``model`` entry of the config.
+        table_id: index of the table within that model.
+        emb_vec_size: the table's dimension; must equal
+            ``embedding_vecsize_per_table[table_id]``.
+        emb_vec_dtype: dtype of the output: float32, float16 or bfloat16.
+            Rows are combined in float32 and rounded once.
+        ps_config_file: HPS JSON config. Empty: the config of the last
+            ``hps.Init`` call. The config travels inside the exported model.
+        global_batch_size: as in HPS; kept for compatibility.
+
+    ``call(sp_ids, sp_weights=None, combiner="mean", max_norm=None, name=None)``:
+
+    - ``sp_ids``: a rank-2 ``tf.SparseTensor`` or ``tf.RaggedTensor`` of int32
+      or int64 keys (int32 only for a config with ``supportlonglong: false``).
+      Output row ``i`` combines the keys of row ``i``; rows with no keys give
+      zeros. Unlike ``tf.nn.embedding_lookup_sparse``, indices need not be in
+      canonical order, and the output always has ``sp_ids.shape[0]`` rows
+      (trailing empty rows included).
+    - ``sp_weights``: ``None`` (every weight 1) or a tensor of the same kind and
+      indices as ``sp_ids`` with a float weight per key (its values pair with
+      ``sp_ids``' values in order).
+    - ``combiner``: ``"sum"`` (of weight × row), ``"mean"`` (sum / sum of
+      weights) or ``"sqrtn"`` (sum / sqrt(sum of squared weights)); a divisor
+      of 0 gives zeros. ``None`` means ``"mean"``.
+    - ``max_norm``: if not ``None``, a number: each row whose L2 norm exceeds
+      it is scaled down to it before combining (as ``tf.clip_by_norm``).
+    - ``name``: accepted for compatibility with HPS, unused.
+
+    Returns ``emb_vec_dtype`` of shape ``[sp_ids.shape[0], emb_vec_size]``.
+    The combination runs in one op: each distinct key is looked up once and
+    no per-key rows are materialised.
+
+    Example:
+        >>> layer = SparseLookupLayer("foo", 0, 16, tf.float32, "ps_config.json")  # doctest: +SKIP
+        >>> ids = tf.ragged.constant([[1, 2, 2], [], [7]], tf.int64)              # doctest: +SKIP
+        >>> layer(ids, combiner="sum").shape                                      # doctest: +SKIP
+        TensorShape([3, 16])
+    """
+
+    def call(self, sp_ids, sp_weights=None, combiner="mean", max_norm=None, name=None):
+        del name  # HPS's call takes one; Keras names the layer's ops.
+        if combiner is None:
+            combiner = "mean"
+        if combiner not in _COMBINERS:
+            raise ValueError(f"combiner must be one of 'sum', 'mean' or 'sqrtn', got {combiner!r}")
+        clip = -1.0
+        if max_norm is not None:
+            if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
+                raise TypeError(f"max_norm must be None or a Python number, got {type(max_norm).__name__}")
+            if not max_norm >= 0:
+                raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
+            clip = float(max_norm)
+        keys, segments, num_rows, static_rows = _sparse_parts(sp_ids, "SparseLookupLayer sp_ids")
+        _check_keys(keys, "SparseLookupLayer", "sp_ids")
+        if sp_weights is None:
+            weights = tf.zeros([0], tf.float32)
+        else:
+            if isinstance(sp_weights, tf.compat.v1.SparseTensorValue):
+                sp_weights = tf.SparseTensor.from_value(sp_weights)
+            if type(sp_weights) is not type(sp_ids):
+                raise TypeError(
+                    f"sp_weights must be None or a {type(sp_ids).__name__} like sp_ids, got {type(sp_weights).__name__}"
+                )
+            weights, _, _, _ = _sparse_parts(sp_weights, "SparseLookupLayer sp_weights")
+            if not (weights.dtype.is_floating or weights.dtype.is_integer):
+                raise TypeError(f"sp_weights must hold numbers, got {weights.dtype.name}")
+            if not weights.shape.is_compatible_with(keys.shape):
+                raise ValueError(
+                    f"sp_weights has {weights.shape[0]} values but sp_ids has {keys.shape[0]}: "
+                    "they must have the same indices"
+                )
+            weights = tf.cast(weights, tf.float32)
+        embeddings = ops().tf_hps_sparse_lookup(
+            keys=keys,
+            segment_ids=segments,
+            weights=weights,
+            num_rows=tf.cast(num_rows, tf.int64),
+            ps_handle=self._handle(),
+            model_name=self.model_name,
+            table_id=self.table_id,
+            emb_vec_size=self.emb_vec_size,
+            combiner=combiner,
+            weighted=sp_weights is not None,
+            max_norm=clip,
+            dtype=self.emb_vec_dtype,
+        )
+        embeddings.set_shape([static_rows, self.emb_vec_size])
+        return embeddings
+
+    def compute_output_shape(self, sp_ids_shape, sp_weights_shape=None):
+        return (tuple(sp_ids_shape)[0], self.emb_vec_size)
+
+    def compute_output_spec(self, sp_ids, sp_weights=None, combiner="mean", max_norm=None, name=None):
+        return keras.KerasTensor((sp_ids.shape[0], self.emb_vec_size), dtype=self.emb_vec_dtype.name)
