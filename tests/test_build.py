@@ -3,6 +3,8 @@
 import ast
 import glob
 import os
+import re
+import subprocess
 
 import numpy as np
 
@@ -72,3 +74,47 @@ def test_bazel_and_make_storage_libraries_both_serve_the_c_abi():
     for lib in (os.path.join(ROOT, "tf_hps", "_tf_hps_storage.so"),
                 os.path.join(ROOT, "build", "bazel", "_tf_hps_storage.so")):
         assert run_python(STORAGE, lib).stdout.strip() == "ok"
+
+
+STATIC_ARCHIVE = os.path.join(ROOT, "build", "bazel", "libtf_hps_ops_static.a")
+
+
+def archive_member(name: str) -> bytes:
+    return subprocess.run(["ar", "p", STATIC_ARCHIVE, name], capture_output=True, check=True).stdout
+
+
+def member_symbols(name: str) -> str:
+    """`nm -C` lines (defined and undefined symbols) of one member of the archive."""
+    out = subprocess.run(["nm", "-C", "-A", STATIC_ARCHIVE], capture_output=True, text=True, check=True).stdout
+    return "\n".join(line for line in out.splitlines() if f":{name}:" in line)
+
+
+def test_static_op_archive_holds_the_core_and_every_registered_op():
+    """//:tf_hps_ops_static (alwayslink), built by scripts/bazel_build.sh, for linking into a model server."""
+    assert os.path.isfile(STATIC_ARCHIVE), f"missing {STATIC_ARCHIVE}: run `make bazel` (scripts/bazel_build.sh)"
+    lists = source_lists()
+    members = subprocess.run(["ar", "t", STATIC_ARCHIVE], capture_output=True, text=True, check=True).stdout.split()
+    expected = {os.path.splitext(os.path.basename(f))[0] + ".o" for f in lists["HPS_CORE_SRCS"] + lists["HPS_OP_SRCS"]}
+    assert sorted(members) == sorted(expected)
+
+    # Every op ops/hps_ops.cc registers (including ones added later) is in the archive, registered from
+    # the objects' static initialisers, which alwayslink keeps in a binary that never refers to them.
+    ops_source = open(os.path.join(ROOT, "ops", "hps_ops.cc")).read()
+    op_names = re.findall(r'REGISTER_OP\("(\w+)"\)', ops_source)
+    assert {"TfHpsInit", "TfHpsLookup"} <= set(op_names)
+    ops_object, kernels_object = archive_member("hps_ops.o"), archive_member("hps_kernels.o")
+    for op in op_names:
+        assert op.encode() + b"\0" in ops_object, f"op {op} is not registered in hps_ops.o"
+        assert op.encode() + b"\0" in kernels_object, f"no kernel for {op} in hps_kernels.o"
+    ops_symbols, kernel_symbols = member_symbols("hps_ops.o"), member_symbols("hps_kernels.o")
+    assert "_GLOBAL__sub_I_hps_ops.cc" in ops_symbols
+    assert "tensorflow::register_op::OpDefBuilderWrapper::operator()()" in ops_symbols  # called at start-up
+    assert "_GLOBAL__sub_I_hps_kernels.cc" in kernel_symbols
+    assert "tensorflow::kernel_factory::OpKernelRegistrar::InitInternal" in kernel_symbols
+
+
+def test_bazel_builds_the_static_library_with_alwayslink():
+    build = open(os.path.join(ROOT, "BUILD")).read()
+    rule = re.search(r'tf_hps_cc_library\(\s*name = "tf_hps_ops_static",(.*?)\n\)', build, re.S)
+    assert rule and "alwayslink = 1" in rule.group(1)
+    assert "//:tf_hps_ops_static" in open(os.path.join(ROOT, "scripts", "bazel_build.sh")).read()

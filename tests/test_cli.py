@@ -1,5 +1,7 @@
 """python -m tf_hps: ingest, inspect, verify and drop tables in shared databases."""
 
+import json
+import re
 import subprocess
 import sys
 
@@ -58,7 +60,7 @@ def test_unknown_models_and_tables_are_usage_errors(tables, tmp_path):
     out = cli("inspect", f"--config={path}", "--tables=nope")
     assert out.returncode != 0 and "table(s) nope not in the selected models" in out.stderr
     out = cli("launch", f"--config={path}")
-    assert out.returncode != 0 and "usage: python -m tf_hps {ingest|inspect|verify|drop}" in out.stderr
+    assert out.returncode != 0 and "usage: python -m tf_hps {ingest|inspect|verify|drop|plan}" in out.stderr
 
 
 def test_config_errors_are_reported_without_a_traceback(tmp_path):
@@ -68,3 +70,52 @@ def test_config_errors_are_reported_without_a_traceback(tmp_path):
     assert out.returncode == 2
     assert "error: config supportlonglong: required key is missing" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_plan_prints_a_table_and_json(tables, tmp_path):
+    tables.table("t0", 1000, 16)
+    path = tables.config(extra={"persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb")}})
+    out = cli("plan", path)
+    assert out.returncode == 0, out.stderr
+    assert "foo / sparse_embedding0: 1,000 rows x 16 floats" in out.stdout
+    assert re.search(r"L1 cache \(dynamic\) +GPU 0 +\d+\.\d KiB +512 rows", out.stdout), out.stdout
+    assert "host RAM, each serving process" in out.stdout and "disk (RocksDB)" in out.stdout
+    assert not (tmp_path / "rdb").exists()  # planning opens no database
+
+    out = cli("plan", f"--config={path}", "--json", "--l1=cpu", "--concurrent_calls=2")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    tiers = {t["tier"]: t for t in result["tables"][0]["tiers"]}
+    # gpucacheper 0.5 of 1000 rows: 8 sets of 64; CPU arrays 64-byte aligned, a 1-byte lock per set.
+    assert tiers["l1"]["where"] == "host" and tiers["l1"]["bytes"] == 4096 + 4096 + 32768 + 8
+    assert result["totals"]["gpu"] == {} and result["concurrent_calls"] == 2
+    assert result["totals"]["disk"] == 1000 * (64 + 8 + 16)
+
+
+def test_plan_errors_are_clear(tables, tmp_path):
+    out = cli("plan")
+    assert out.returncode != 0 and "--config is required (or: python -m tf_hps plan ps.json)" in out.stderr
+    out = cli("plan", str(tmp_path / "nope.json"))
+    assert out.returncode == 2 and "error: config file" in out.stderr and "nope.json' does not exist" in out.stderr
+    path = tables.config(tables=("absent",))
+    out = cli("plan", path)
+    assert out.returncode == 2 and "table folder" in out.stderr and "absent' does not exist" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = cli("plan", path, "--rows=foo")
+    assert out.returncode != 0 and "--rows wants model/table=N, got 'foo'" in out.stderr
+    out = cli("inspect", path, "extra")
+    assert out.returncode != 0 and "unexpected argument(s)" in out.stderr
+
+
+def test_plan_takes_row_counts_for_tables_without_files(tables, tmp_path):
+    path = tables.config(tables=("absent",), extra={
+        "volatile_db": {"type": "redis_cluster", "initialize_after_startup": False},
+        "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb"), "read_only": True}})
+    out = cli("plan", path)
+    assert out.returncode == 0, out.stderr
+    assert "rows unknown" in out.stdout and "pass --rows=foo/sparse_embedding0=N" in out.stdout
+    out = cli("plan", path, "--rows=foo/sparse_embedding0=5000000", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["tables"][0]["rows"] == 5_000_000 and result["unknown_rows"] == []
+    assert result["totals"]["redis"] > 5_000_000 * 72

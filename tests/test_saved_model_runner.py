@@ -10,6 +10,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "build" / "saved_model_runner"
+# The runner with //:tf_hps_ops_static linked in (scripts/bazel_build.sh); runs from bazel-bin (RUNPATH).
+STATIC_RUNNER = REPO / "build" / "bazel-bin" / "saved_model_runner_static"
+OP_LIBRARY = REPO / "tf_hps" / "_tf_hps_ops.so"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1"}
 
 
@@ -98,3 +101,65 @@ def test_bad_input_file_is_rejected(runner, exported, tmp_path):
     proc = run(runner, root, tmp_path, ids=bad)
     assert proc.returncode == 2
     assert "input 'ids' wants int64" in proc.stderr
+
+
+# ------------------------------------------------- a model with tf_hps ops ---
+
+@pytest.fixture(scope="module")
+def hps_exported(tmp_path_factory):
+    """A Keras model with a tf_hps LookupLayer, exported; its L1 holds 64 rows, each call touches ~150."""
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    import tf_hps as hps
+
+    root = tmp_path_factory.mktemp("hps_runner")
+    rng = np.random.default_rng(3)
+    hps.save_table(root / "items", np.arange(0, 3000, 3), rng.standard_normal((1000, 8)).astype(np.float32))
+    config = root / "ps_config.json"
+    config.write_text(json.dumps({"supportlonglong": True, "models": [{
+        "model": "m", "sparse_files": [str(root / "items")], "embedding_vecsize_per_table": [8],
+        "maxnum_catfeature_query_per_table_per_sample": [5], "default_value_for_each_table": [0.5],
+        "deployed_device_list": [0], "max_batch_size": 64, "gpucacheper": 0.01}]}))
+    keras.utils.set_random_seed(7)
+    ids_in = keras.Input((5,), dtype="int64", name="ids")
+    emb = hps.LookupLayer("m", 0, 8, tf.float32, str(config))(ids_in)
+    model = keras.Model(ids_in, keras.layers.Dense(3)(keras.layers.Flatten()(emb)))
+    ids = rng.integers(-20, 3100, size=(40, 5), dtype=np.int64)  # absent keys get the default
+    expected = model.predict(ids, verbose=0)
+    model.export(str(root / "model"), verbose=False)
+    config.unlink()  # the export carries its config
+    np.save(root / "ids.npy", ids)
+    return root, expected
+
+
+def check_concurrent_run(proc, out_dir, expected, calls):
+    assert proc.returncode == 0, proc.stderr
+    summary = re.search(r"calls=(\d+) errors=(\d+) mismatches=(\d+)", proc.stdout)
+    assert summary and summary.groups() == (str(calls), "0", "0"), proc.stdout
+    np.testing.assert_allclose(np.load(out_dir / "output_0.npy"), expected, rtol=0, atol=1e-5)
+    assert proc.stderr.count("loaded into the hash_map") == 1, proc.stderr  # one parameter server
+
+
+def test_hps_export_serves_with_concurrent_session_runs(runner, hps_exported, tmp_path):
+    """8 threads x 25 Session::Run calls, each evicting and inserting L1 rows while others read."""
+    root, expected = hps_exported
+    proc = run(runner, root, tmp_path, f"--op_library={OP_LIBRARY}", "--threads=8", "--iterations=25")
+    check_concurrent_run(proc, tmp_path, expected, calls=201)
+
+
+def test_without_the_op_library_the_hps_export_does_not_load(runner, hps_exported, tmp_path):
+    root, _ = hps_exported
+    proc = run(runner, root, tmp_path)
+    assert proc.returncode == 1
+    assert "Op type not registered 'TfHps" in proc.stderr
+
+
+def test_runner_linked_with_the_static_op_library_serves_without_loading_it(hps_exported, tmp_path):
+    """//:tf_hps_ops_static linked in by Bazel registers the ops, as in a model server built with them."""
+    assert STATIC_RUNNER.is_file(), f"missing {STATIC_RUNNER}: run `make bazel` (scripts/bazel_build.sh)"
+    root, expected = hps_exported
+    proc = run(STATIC_RUNNER, root, tmp_path, "--threads=4", "--iterations=25")
+    check_concurrent_run(proc, tmp_path, expected, calls=101)

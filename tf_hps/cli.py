@@ -4,21 +4,27 @@
     python -m tf_hps inspect --config=ps.json
     python -m tf_hps verify  --config=ps.json [--models=...] [--tiers=...]
     python -m tf_hps drop    --config=ps.json --models=a [--tables=t0] [--tiers=...] --yes
+    python -m tf_hps plan    ps.json [--json] [--l1=gpu|cpu] [--concurrent_calls=N] [--rows=model/table=N,...]
 
 ``ingest`` loads each model's ``sparse_files`` into the configured Redis
 (``volatile_db``) and RocksDB (``persistent_db``), so serving nodes can start
 with ``initialize_after_startup: false`` / ``read_only: true`` and no model
 files. ``verify`` compares stored rows with the files bit for bit. The
 in-process hash map is skipped: it lives inside each serving process.
+``plan`` prints the RAM, GPU memory, Redis memory and disk each tier of each
+table will need, and the totals per GPU and per host (tf_hps/plan.py); the
+config may also be given as ``--config``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
 from absl import app, flags
 
+from tf_hps import plan
 from tf_hps.storage import Storage, canonical_config, table_tag
 
 FLAGS = flags.FLAGS
@@ -28,8 +34,13 @@ flags.DEFINE_list("tables", [], "Table names to act on (default: every table of 
 flags.DEFINE_list("tiers", ["volatile_db", "persistent_db"], "Databases to act on.")
 flags.DEFINE_boolean("yes", False, "Confirm a destructive command (drop).")
 flags.DEFINE_boolean("progress", None, "Show progress bars on stderr (default: when stderr is a terminal).")
+flags.DEFINE_boolean("json", False, "plan: print the plan as JSON (bytes as integers).")
+flags.DEFINE_enum("l1", "gpu", ["gpu", "cpu"],
+                  "plan: where L1 caches live: one copy per GPU of deployed_device_list, or one in host RAM.")
+flags.DEFINE_integer("concurrent_calls", 1, "plan: lookup calls in flight at once per serving process.", lower_bound=1)
+flags.DEFINE_list("rows", [], "plan: rows of tables whose files are not here, as model/table=N.")
 
-COMMANDS = ("ingest", "inspect", "verify", "drop")
+COMMANDS = ("ingest", "inspect", "verify", "drop", "plan")
 SHARED_TYPES = {"volatile_db": ("redis_cluster",), "persistent_db": ("rocks_db",)}
 
 
@@ -123,12 +134,42 @@ def run(command: str) -> int:
     return 1 if failures else 0
 
 
+def parse_rows(items: list[str]) -> dict[str, int]:
+    """--rows=model/table=N,... as a dict."""
+    rows = {}
+    for item in items:
+        name, sep, count = item.rpartition("=")
+        if not sep or "/" not in name or not count.isdigit():
+            raise app.UsageError(f"--rows wants model/table=N, got {item!r}")
+        rows[name] = int(count)
+    return rows
+
+
+def run_plan() -> int:
+    result = plan.plan_memory(FLAGS.config, l1=FLAGS.l1, rows=parse_rows(FLAGS.rows),
+                              concurrent_calls=FLAGS.concurrent_calls)
+    if FLAGS.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(plan.format_plan(result))
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(f"usage: python -m tf_hps {{{'|'.join(COMMANDS)}}} --config=ps.json [flags]")
+    usage = f"usage: python -m tf_hps {{{'|'.join(COMMANDS)}}} --config=ps.json [flags]"
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(usage)
+    if argv[1] == "plan" and len(argv) == 3 and not FLAGS.config:
+        FLAGS.config = argv[2]  # python -m tf_hps plan ps.json
+    elif len(argv) != 2:
+        raise app.UsageError(f"unexpected argument(s) {' '.join(argv[2:])}; {usage}")
     if not FLAGS.config:
-        raise app.UsageError("--config is required")
+        hint = " (or: python -m tf_hps plan ps.json)" if argv[1] == "plan" else ""
+        raise app.UsageError("--config is required" + hint)
     try:
+        if argv[1] == "plan":
+            return run_plan()
         return run(argv[1])
     except (ValueError, FileNotFoundError, ConnectionError, NotImplementedError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
