@@ -1,11 +1,16 @@
 #include "core/config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -24,6 +29,8 @@ enum class Need { kOptional, kRequired };
 }
 
 std::string Got(const Json& v) { return std::string(", got ") + v.type_name(); }
+
+std::string Printable(const std::string& value, size_t max_bytes);
 
 // --- typed reads: one overload per field type -------------------------------
 
@@ -109,7 +116,7 @@ class JsonReader {
   void WarnUnknownKeys() const {
     for (auto it = obj_.begin(); it != obj_.end(); ++it) {
       if (!known_.count(it.key()))
-        warnings_->push_back("config " + Child(it.key()) + ": unknown key, ignored");
+        warnings_->push_back("config " + Child(Printable(it.key(), 130)) + ": unknown key, ignored");
     }
   }
 
@@ -169,6 +176,7 @@ void VisitPersistentDb(V& v, PersistentDbConfig& c) {
   v("read_only", c.read_only);
   v("max_batch_size", c.max_batch_size);
   v("update_filters", c.update_filters);
+  v("initialize_after_startup", c.initialize_after_startup);
 }
 
 template <class V>
@@ -230,6 +238,32 @@ std::string Lower(std::string s) {
   return s;
 }
 
+// Text for an error message: at most max_bytes of it, and bytes other than
+// printable ASCII written as \xNN, so the message stays one line of valid
+// UTF-8 whatever the value holds.
+std::string Printable(const std::string& value, size_t max_bytes) {
+  std::string out;
+  for (size_t i = 0; i < value.size() && i < max_bytes; ++i) {
+    const unsigned char ch = value[i];
+    if (ch >= 0x20 && ch < 0x7f) {
+      out += static_cast<char>(ch);
+    } else {
+      char hex[5];
+      std::snprintf(hex, sizeof(hex), "\\x%02x", ch);
+      out += hex;
+    }
+  }
+  return out;
+}
+
+// A value quoted in an error message, cut short so that a huge value cannot
+// make a huge message.
+std::string Quote(const std::string& value) {
+  constexpr size_t kMax = 130;
+  if (value.size() <= kMax) return "'" + Printable(value, kMax) + "'";
+  return "'" + Printable(value, kMax) + "...' (" + std::to_string(value.size()) + " bytes)";
+}
+
 // Maps an accepted spelling to its canonical name.
 void Canonicalize(std::string* value, const std::string& path,
                   const std::map<std::string, std::string>& aliases) {
@@ -239,20 +273,119 @@ void Canonicalize(std::string* value, const std::string& path,
     for (const auto& [alias, name] : aliases) names.insert(name);
     std::string list;
     for (const auto& n : names) list += (list.empty() ? "" : ", ") + ("'" + n + "'");
-    Fail(path, "unknown value '" + *value + "'; expected one of " + list);
+    Fail(path, "unknown value " + Quote(*value) + "; expected one of " + list);
   }
   *value = it->second;
 }
 
-// HPS names models and tables in database keys and file names.
-const std::regex& NamePattern() {
-  static const std::regex pattern("[a-zA-Z0-9_-]{1,120}");
-  return pattern;
+// HPS's rule for model and table names, [a-zA-Z0-9_-]{1,120}: they become
+// parts of Redis keys (hps_et{<tag>/p<i>}v), stream keys (hps_upd{<tag>}),
+// RocksDB column families and file names, so nothing else may pass.
+bool IsValidName(const std::string& name) {
+  if (name.empty() || name.size() > 120) return false;
+  for (unsigned char ch : name) {
+    if (!std::isalnum(ch) && ch != '_' && ch != '-') return false;
+  }
+  return true;
 }
 
 void CheckName(const std::string& name, const std::string& path) {
-  if (!std::regex_match(name, NamePattern()))
-    Fail(path, "name '" + name + "' must match [a-zA-Z0-9_-]{1,120}");
+  if (!IsValidName(name))
+    Fail(path, "name " + Quote(name) +
+                   " must match [a-zA-Z0-9_-]{1,120} (1 to 120 ASCII letters, digits, '_' or '-'), as in HPS: "
+                   "names become parts of database keys, stream keys and file names");
+}
+
+// --- secrets ------------------------------------------------------------------
+
+constexpr char kEnvPrefix[] = "$env:";
+constexpr char kRedactedPrefix[] = "$redacted:";
+
+bool HasPrefix(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+
+bool IsEnvName(const std::string& name) {
+  if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0]))) return false;
+  for (unsigned char ch : name) {
+    if (!std::isalnum(ch) && ch != '_') return false;
+  }
+  return true;
+}
+
+// The literal passwords this process has read, under random ids: canonical
+// JSON (and so a SavedModel) carries "$redacted:<id>" instead of the secret.
+// The id says nothing about the secret and means nothing in another process.
+class SecretStore {
+ public:
+  static SecretStore& Global() {
+    static SecretStore* store = new SecretStore();  // never destroyed
+    return *store;
+  }
+
+  std::string IdOf(const std::string& secret) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = ids_.find(secret);
+    if (it != ids_.end()) return it->second;
+    std::string id;
+    do {
+      char text[17];
+      std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(random_()));
+      id = text;
+    } while (secrets_.count(id));
+    ids_[secret] = id;
+    secrets_[id] = secret;
+    return id;
+  }
+
+  bool Find(const std::string& id, std::string* secret) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = secrets_.find(id);
+    if (it == secrets_.end()) return false;
+    *secret = it->second;
+    return true;
+  }
+
+ private:
+  SecretStore() : random_(std::random_device()()) {
+    random_.seed((static_cast<uint64_t>(std::random_device()()) << 32) ^ std::random_device()());
+  }
+  std::mutex mutex_;
+  std::mt19937_64 random_;
+  std::map<std::string, std::string> ids_;      // secret -> id
+  std::map<std::string, std::string> secrets_;  // id -> secret
+};
+
+// Whether a config read resolves secret references (a server, storage or
+// publisher is being created) or only keeps them (a config file is read to
+// be shown or embedded).
+enum class Secrets { kResolve, kKeepReferences };
+
+[[noreturn]] void FailPrecondition(const std::string& path, const std::string& what) {
+  throw HpsError(ErrorCode::kFailedPrecondition, "config " + path + ": " + what);
+}
+
+void CheckSecretReference(const std::string& value, const std::string& path) {
+  if (HasPrefix(value, kEnvPrefix) && !IsEnvName(value.substr(sizeof(kEnvPrefix) - 1)))
+    Fail(path, "\"$env:\" must be followed by the name of an environment variable, matching "
+               "[A-Za-z_][A-Za-z0-9_]*");
+}
+
+// `*password` holds the value the config wrote; splits it into the secret
+// (resolved when `used` and mode is kResolve) and its reference.
+void SetUpSecret(std::string* password, std::string* ref, const std::string& path, bool used, Secrets mode,
+                 std::vector<std::string>* warnings) {
+  const std::string written = *password;
+  ref->clear();
+  if (HasPrefix(written, kEnvPrefix) || HasPrefix(written, kRedactedPrefix)) {
+    CheckSecretReference(written, path);
+    *ref = written;
+    *password = used && mode == Secrets::kResolve ? ResolveSecret(written, path) : std::string();
+    return;
+  }
+  if (!written.empty() && mode == Secrets::kKeepReferences && warnings != nullptr)
+    warnings->push_back("config " + path +
+                        ": holds a literal password; tf_hps keeps it out of the canonical config and of "
+                        "exported SavedModels (they carry \"$redacted:<id>\", which only this process "
+                        "resolves): write \"$env:NAME\" instead and set NAME where the model is served");
 }
 
 void CheckRange(double value, double lo, double hi, const std::string& path) {
@@ -365,7 +498,8 @@ void ValidateUpdateSource(UpdateSourceConfig& c) {
   CheckPositive(c.poll_timeout_ms, "update_source.poll_timeout_ms");
   CheckPositive(c.max_batch_size, "update_source.max_batch_size");
   CheckPositive(c.failure_backoff_ms, "update_source.failure_backoff_ms");
-  if (c.max_stream_entries < 0) ThrowInvalidArgument("update_source.max_stream_entries must not be negative");
+  if (c.max_stream_entries < 0)
+    Fail("update_source.max_stream_entries", "must not be negative, got " + std::to_string(c.max_stream_entries));
 }
 
 // Reads one JSON object's known fields with `visit`, then reports the rest.
@@ -380,7 +514,8 @@ Json ParseJson(const std::string& json_text) {
   try {
     return Json::parse(json_text);
   } catch (const Json::parse_error& e) {
-    ThrowInvalidArgument(std::string("config is not valid JSON: ") + e.what());
+    // nlohmann quotes the bytes it stopped at, which need not be UTF-8.
+    ThrowInvalidArgument("config is not valid JSON: " + Printable(e.what(), 400));
   }
 }
 
@@ -393,8 +528,10 @@ int ParameterServerConfig::FindModel(const std::string& name) const {
   return -1;
 }
 
-ParameterServerConfig ParseConfig(const std::string& json_text, const std::string& base_dir,
-                                  std::vector<std::string>* warnings) {
+namespace {
+
+ParameterServerConfig ParseConfigWith(const std::string& json_text, const std::string& base_dir,
+                                      std::vector<std::string>* warnings, Secrets secrets) {
   const Json root = ParseJson(json_text);
   ParameterServerConfig config;
   JsonReader top(root, "", warnings);
@@ -420,14 +557,49 @@ ParameterServerConfig ParseConfig(const std::string& json_text, const std::strin
   if (const Json* v = top.Find("volatile_db"))
     ReadObject(*v, "volatile_db", warnings, [&](JsonReader& r) { VisitVolatileDb(r, config.volatile_db); });
   ValidateVolatileDb(config.volatile_db);
+  SetUpSecret(&config.volatile_db.password, &config.volatile_db.password_ref, "volatile_db.password",
+              config.volatile_db.type == "redis_cluster", secrets, warnings);
   if (const Json* p = top.Find("persistent_db"))
     ReadObject(*p, "persistent_db", warnings, [&](JsonReader& r) { VisitPersistentDb(r, config.persistent_db); });
   ValidatePersistentDb(config.persistent_db, base_dir);
   if (const Json* u = top.Find("update_source"))
     ReadObject(*u, "update_source", warnings, [&](JsonReader& r) { VisitUpdateSource(r, config.update_source); });
   ValidateUpdateSource(config.update_source);
+  SetUpSecret(&config.update_source.password, &config.update_source.password_ref, "update_source.password",
+              config.update_source.type == "redis_stream", secrets, warnings);
   top.WarnUnknownKeys();
   return config;
+}
+
+}  // namespace
+
+std::string ResolveSecret(const std::string& value, const std::string& json_path) {
+  if (HasPrefix(value, kEnvPrefix)) {
+    CheckSecretReference(value, json_path);
+    const std::string name = value.substr(sizeof(kEnvPrefix) - 1);
+    const char* secret = std::getenv(name.c_str());
+    if (secret == nullptr)
+      FailPrecondition(json_path, "environment variable '" + name + "' is not set (the config names it with \"" +
+                                      value + "\"); set it where the parameter server runs");
+    if (*secret == '\0') FailPrecondition(json_path, "environment variable '" + name + "' is empty");
+    return secret;
+  }
+  if (HasPrefix(value, kRedactedPrefix)) {
+    std::string secret;
+    if (!SecretStore::Global().Find(value.substr(sizeof(kRedactedPrefix) - 1), &secret))
+      FailPrecondition(json_path, Quote(value) +
+                                      " stands for a literal password that only the process which read the "
+                                      "config file knew: tf_hps never writes literal secrets into a canonical "
+                                      "config or a SavedModel. Write \"$env:NAME\" as the password in the config "
+                                      "file, set NAME where the model is served, and export again");
+    return secret;
+  }
+  return value;
+}
+
+ParameterServerConfig ParseConfig(const std::string& json_text, const std::string& base_dir,
+                                  std::vector<std::string>* warnings) {
+  return ParseConfigWith(json_text, base_dir, warnings, Secrets::kResolve);
 }
 
 VolatileDbConfig ParseVolatileDbConfig(const std::string& json_text, const std::string&,
@@ -435,6 +607,8 @@ VolatileDbConfig ParseVolatileDbConfig(const std::string& json_text, const std::
   VolatileDbConfig config;
   ReadObject(ParseJson(json_text), "volatile_db", warnings, [&](JsonReader& r) { VisitVolatileDb(r, config); });
   ValidateVolatileDb(config);
+  SetUpSecret(&config.password, &config.password_ref, "volatile_db.password", config.type == "redis_cluster",
+              Secrets::kResolve, warnings);
   return config;
 }
 
@@ -457,7 +631,7 @@ ParameterServerConfig LoadConfigFile(const std::string& path, std::vector<std::s
   text << in.rdbuf();
   const std::string base_dir = std::filesystem::absolute(path, ec).parent_path().string();
   try {
-    return ParseConfig(text.str(), base_dir, warnings);
+    return ParseConfigWith(text.str(), base_dir, warnings, Secrets::kKeepReferences);
   } catch (const HpsError& e) {
     throw HpsError(e.code(), std::string(e.what()) + " (in '" + path + "')");
   }
@@ -482,6 +656,14 @@ std::string ToCanonicalJson(const ParameterServerConfig& in) {
   VisitVolatileDb(vdb_writer, config.volatile_db);
   VisitPersistentDb(pdb_writer, config.persistent_db);
   VisitUpdateSource(update_writer, config.update_source);
+  // Secrets: their reference, or a process-local id for a literal; never the value.
+  auto secret_text = [](const std::string& password, const std::string& ref) {
+    if (!ref.empty()) return ref;
+    if (password.empty()) return std::string();
+    return kRedactedPrefix + SecretStore::Global().IdOf(password);
+  };
+  vdb["password"] = secret_text(config.volatile_db.password, config.volatile_db.password_ref);
+  updates["password"] = secret_text(config.update_source.password, config.update_source.password_ref);
   root["volatile_db"] = std::move(vdb);
   root["persistent_db"] = std::move(pdb);
   root["update_source"] = std::move(updates);

@@ -22,7 +22,11 @@ struct VolatileDbConfig {
   std::string type = "hash_map";
   std::string address = "127.0.0.1:7000";
   std::string user_name = "default";
+  // The secret the Redis client sends (resolved: see ResolveSecret below).
   std::string password;
+  // What the config wrote instead of the secret ("$env:NAME" or
+  // "$redacted:<id>"); empty when it held the password itself.
+  std::string password_ref;
   int64_t num_partitions = 16;
   int64_t allocation_rate = 268435456;
   int64_t shared_memory_size = 17179869184LL;
@@ -54,6 +58,9 @@ struct PersistentDbConfig {
   bool read_only = false;
   int64_t max_batch_size = 65536;
   std::vector<std::string> update_filters = {"^hps_.+$"};
+  // tf_hps extension: false keeps what the database holds (ingested ahead of
+  // time, plus online updates) instead of loading the table files at start.
+  bool initialize_after_startup = true;
 };
 
 struct UpdateSourceConfig {
@@ -71,7 +78,8 @@ struct UpdateSourceConfig {
   // database path), and the length streams are trimmed to (entries, about).
   std::string address = "127.0.0.1:6379";
   std::string user_name = "default";
-  std::string password;
+  std::string password;      // as VolatileDbConfig::password
+  std::string password_ref;  // as VolatileDbConfig::password_ref
   std::string node_id;
   int64_t max_stream_entries = 100000;
 };
@@ -151,8 +159,22 @@ PersistentDbConfig ParsePersistentDbConfig(const std::string& json_text, const s
 
 // The canonical JSON of a parsed config: every known key written out, with
 // defaults filled in and paths absolute. ParseConfig(ToCanonicalJson(c))
-// gives back c with no warnings. Secrets are written as they are.
+// gives back c with no warnings. Secrets (volatile_db.password,
+// update_source.password) are never written: an environment reference
+// ("$env:NAME") is written as it is, and a literal password as
+// "$redacted:<id>", which only this process can resolve (see ResolveSecret).
 std::string ToCanonicalJson(const ParameterServerConfig& config);
+
+// Secrets. A password value of the form "$env:NAME" names an environment
+// variable (NAME matches [A-Za-z_][A-Za-z0-9_]*) that holds the secret; it
+// is read by ParseConfig / ParseVolatileDbConfig, i.e. when a server,
+// storage or publisher is created from the config, and throws
+// HpsError(kFailedPrecondition) naming the variable and the JSON path when it
+// is unset or empty. LoadConfigFile does not need the variable (it only reads
+// the file; ToCanonicalJson keeps the reference). "$redacted:<id>" stands for
+// a literal password this process has seen. Any other value is the password.
+// Returns the secret; never logs or reports it.
+std::string ResolveSecret(const std::string& value, const std::string& json_path);
 
 }  // namespace tf_hps
 

@@ -5,6 +5,7 @@
 #define TF_HPS_CORE_SCRATCH_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 namespace tf_hps {
@@ -15,8 +16,9 @@ class ScratchBuffer {
   // At least n elements, uninitialised, valid until the next Get.
   T* Get(size_t n) {
     if (n > capacity_) {
-      capacity_ = n + n / 4;
-      data_.reset(new T[capacity_]);
+      const size_t capacity = n > SIZE_MAX / 2 / sizeof(T) ? n : n + n / 4;
+      data_.reset(new T[capacity]);  // if it throws, data_ and capacity_ still agree
+      capacity_ = capacity;
     }
     return data_.get();
   }

@@ -46,7 +46,11 @@ void ReadExactly(std::FILE* f, void* out, size_t bytes, const std::string& path)
 
 TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim) {
   std::error_code ec;
-  if (!fs::is_directory(folder, ec)) ThrowNotFound("table folder '" + folder + "' does not exist");
+  if (!fs::exists(folder, ec)) ThrowNotFound("table folder '" + folder + "' does not exist");
+  if (!fs::is_directory(folder, ec))
+    ThrowInvalidArgument("table folder '" + folder +
+                         "' is a file, not a folder (sparse_files names one folder per table, holding 'key' "
+                         "and 'emb_vector')");
   TableFolderInfo info;
   info.key_path = (fs::path(folder) / "key").string();
   info.vector_path = (fs::path(folder) / "emb_vector").string();

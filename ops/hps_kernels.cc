@@ -13,6 +13,7 @@
 #include "core/parameter_server.h"
 #include "core/scratch.h"
 #include "core/unique_keys.h"
+#include "ops/hps_kernel_common.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/platform/threadpool.h"
@@ -26,34 +27,6 @@ using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 
-absl::Status ToStatus(const HpsError& e) {
-  const std::string message = e.what();
-  switch (e.code()) {
-    case ErrorCode::kInvalidArgument: return absl::InvalidArgumentError(message);
-    case ErrorCode::kNotFound: return absl::NotFoundError(message);
-    case ErrorCode::kFailedPrecondition: return absl::FailedPreconditionError(message);
-    case ErrorCode::kUnimplemented: return absl::UnimplementedError(message);
-    case ErrorCode::kResourceExhausted: return absl::ResourceExhaustedError(message);
-    case ErrorCode::kUnavailable: return absl::UnavailableError(message);
-    case ErrorCode::kInternal: return absl::InternalError(message);
-  }
-  return absl::InternalError(message);
-}
-
-// Runs fn, turning any exception into the kernel's error status.
-template <class Fn>
-void RunGuarded(OpKernelContext* ctx, Fn&& fn) {
-  try {
-    fn();
-  } catch (const HpsError& e) {
-    ctx->SetStatus(ToStatus(e));
-  } catch (const std::bad_alloc&) {
-    ctx->SetStatus(absl::ResourceExhaustedError("tf_hps: out of memory"));
-  } catch (const std::exception& e) {
-    ctx->SetStatus(absl::InternalError(std::string("tf_hps: ") + e.what()));
-  }
-}
-
 class ParseConfigOp : public OpKernel {
  public:
   using OpKernel::OpKernel;
@@ -62,7 +35,7 @@ class ParseConfigOp : public OpKernel {
     const Tensor& path = ctx->input(0);
     OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(path.shape()),
                 absl::InvalidArgumentError("config_file must be a scalar string"));
-    RunGuarded(ctx, [&] {
+    RunKernelGuarded(ctx, [&] {
       std::vector<std::string> warnings;
       const ParameterServerConfig config = LoadConfigFile(path.scalar<tensorflow::tstring>()(), &warnings);
       Tensor* canonical = nullptr;
@@ -87,7 +60,7 @@ class InitOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    RunGuarded(ctx, [&] {
+    RunKernelGuarded(ctx, [&] {
       std::string handle;
       {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -126,17 +99,12 @@ class TableBinding {
     if (handle != handle_) {
       auto found = ParameterServerRegistry::Global().Find(handle);
       const EmbeddingTable& t = found->FindTable(model_name_, table_id_);
-      if (t.dim != emb_vec_size_)
-        ThrowInvalidArgument("emb_vec_size " + std::to_string(emb_vec_size_) + " does not match table " +
-                             std::to_string(table_id_) + " ('" + t.name + "') of model '" + model_name_ +
-                             "', whose embedding_vecsize_per_table is " + std::to_string(t.dim));
+      CheckLookupAttrs(*found, t, model_name_, table_id_, emb_vec_size_, /*keys_are_int64=*/false);
       server_ = std::move(found);
       table_ = &t;
       handle_ = handle;
     }
-    if (keys_are_int64 && !server_->config().supportlonglong)
-      ThrowInvalidArgument("keys are int64 but the config sets supportlonglong to false; pass int32 keys "
-                           "or set supportlonglong to true");
+    CheckLookupAttrs(*server_, *table_, model_name_, table_id_, emb_vec_size_, keys_are_int64);
     *server = server_;
     *table = table_;
   }
@@ -183,7 +151,7 @@ class LookupOp : public OpKernel {
     const Tensor& handle = ctx->input(1);
     OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(handle.shape()),
                 absl::InvalidArgumentError("ps_handle must be a scalar string"));
-    RunGuarded(ctx, [&] {
+    RunKernelGuarded(ctx, [&] {
       std::shared_ptr<const ParameterServer> server;
       const EmbeddingTable* table = nullptr;
       binding_.Resolve(handle.scalar<tensorflow::tstring>()(), std::is_same_v<K, int64_t>, &server, &table);
@@ -270,11 +238,17 @@ class SparseLookupOp : public OpKernel {
     OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(handle.shape()),
                 absl::InvalidArgumentError("ps_handle must be a scalar string"));
 
-    RunGuarded(ctx, [&] {
+    RunKernelGuarded(ctx, [&] {
       std::shared_ptr<const ParameterServer> server;
       const EmbeddingTable* table = nullptr;
       binding_.Resolve(handle.scalar<tensorflow::tstring>()(), std::is_same_v<K, int64_t>, &server, &table);
       const int64_t dim = binding_.emb_vec_size();
+      // The output first: a shape too large for int64 is an error, not a crash,
+      // and TF's allocator refuses a size it cannot hold before scratch grows.
+      TensorShape out_shape;
+      OP_REQUIRES_OK(ctx, TensorShape::BuildTensorShape({num_rows, dim}, &out_shape));
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
 
       // Group the keys by output row: offsets (num_rows + 1), order (nnz).
       thread_local ScratchBuffer<int64_t> offsets_buffer;
@@ -292,8 +266,6 @@ class SparseLookupOp : public OpKernel {
         ++offsets[s + 1];
       }
 
-      Tensor* out = nullptr;
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({num_rows, dim}), &out));
       T* out_data = out->flat<T>().data();
       if (num_rows == 0) return;
       if (nnz == 0) {
@@ -403,7 +375,7 @@ class RefreshOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    RunGuarded(ctx, [&] {
+    RunKernelGuarded(ctx, [&] {
       int64_t refreshed = 0;
       for (const auto& server : ParameterServerRegistry::Global().All()) refreshed += server->RefreshCaches(model_name_);
       Tensor* out = nullptr;

@@ -249,7 +249,8 @@ class RedisNode {
       const std::string why(RedisReplyText(*reply));
       redisFree(context);
       ThrowInvalidArgument("redis node " + address_ + ": authentication as user '" + options_->user_name +
-                           "' failed (" + why + "); check volatile_db.user_name and volatile_db.password");
+                           "' failed (" + why + "); check user_name and password in the config's volatile_db (or, for "
+                           "the update streams, update_source)");
     }
   }
 
@@ -472,7 +473,7 @@ bool RedisClusterClient::LoadSlotsFrom(RedisNode* node, std::string* error) {
     const std::string_view text = RedisReplyText(*reply);
     if (StartsWith(text, "NOAUTH"))
       ThrowInvalidArgument("redis node " + node->address() + " requires a password (" + std::string(text) +
-                           "); set volatile_db.password");
+                           "); set password in the config's volatile_db (or, for the update streams, update_source)");
     if (text.find("cluster support disabled") == std::string_view::npos) {
       *error = "redis node " + node->address() + ": CLUSTER SLOTS failed (" + std::string(text) + ")";
       return false;
