@@ -112,10 +112,11 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   table->default_value = static_cast<float>(model.default_value_for_each_table[t]);
 
   // Which tiers take the rows of the table files at start-up. A shared Redis
-  // with initialize_after_startup false, and a read-only RocksDB, are filled
+  // or a RocksDB with initialize_after_startup false, and a read-only RocksDB, are filled
   // ahead of time (python -m tf_hps ingest) and only read here.
   const bool fill_vdb = volatile_db_ && config_.volatile_db.initialize_after_startup;
-  const bool fill_pdb = persistent_db_ && !config_.persistent_db.read_only;
+  const bool fill_pdb =
+      persistent_db_ && !config_.persistent_db.read_only && config_.persistent_db.initialize_after_startup;
   // With a PDB behind it, the VDB starts with the first initial_cache_rate of the rows.
   const double vdb_share = persistent_db_ ? config_.volatile_db.initial_cache_rate : 1.0;
 
@@ -470,7 +471,13 @@ void ParameterServer::ApplyUpdate(const EmbeddingTable& table, const int64_t* ke
   } end_epoch{table};
   if (write_databases) write_databases();
   if (table.cache) table.cache->Update(keys, n, rows);
+  for (const CacheListener& listener : table.cache_listeners) listener(keys, n, rows);
   table.stats.rows_updated.fetch_add(n, std::memory_order_relaxed);
+}
+
+void ParameterServer::AddCacheListener(const EmbeddingTable& table, CacheListener listener) const {
+  std::lock_guard<std::mutex> lock(table.update_mutex);
+  table.cache_listeners.push_back(std::move(listener));
 }
 
 void ParameterServer::LogStats() const {

@@ -106,7 +106,9 @@ struct EmbeddingTable {
   mutable TableStats stats;
   // Online updates: odd while one is applied (see UpdateGuard); one at a time.
   mutable std::atomic<uint64_t> update_epoch{0};
-  mutable std::mutex update_mutex;
+  mutable std::mutex update_mutex;  // also guards cache_listeners
+  // Caches the server does not own (the GPU pipelines), told of every online update.
+  mutable std::vector<std::function<void(const int64_t* keys, int64_t n, const float* rows)>> cache_listeners;
 };
 
 class ParameterServer {
@@ -141,6 +143,13 @@ class ParameterServer {
   // older row back into the cache. Updates of one table are serialised.
   void ApplyUpdate(const EmbeddingTable& table, const int64_t* keys, int64_t n, const float* rows,
                    const std::function<void()>& write_databases) const;
+
+  // Registers a cache the server does not own (a GPU pipeline's L1): it is
+  // called with the rows of each online update of the table, inside the
+  // update (after the databases and the CPU cache have them), and must
+  // overwrite the rows it holds. Listeners live as long as the server.
+  using CacheListener = std::function<void(const int64_t* keys, int64_t n, const float* rows)>;
+  void AddCacheListener(const EmbeddingTable& table, CacheListener listener) const;
 
   // keys: (n) host; out: (n, table.dim) host. Thread-safe.
   void Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,

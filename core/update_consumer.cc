@@ -134,6 +134,19 @@ UpdateConsumer::UpdateConsumer(const ParameterServer& server, const UpdateSource
     if (RedisReplyIsError(*reply)) ThrowReplyError(last, *reply);
     const std::vector<Entry> entries = EntriesOf(reply.get());
     if (!entries.empty()) stream->cursor = entries[0].id;
+    if (stream->shared_group || stream->persistent_group) {
+      // Messages published before this start that a group has yet to apply
+      // reach the databases later, so the caches must see them too: start
+      // where the groups stand.
+      const Horizon horizon = AppliedHorizon(*stream);
+      if (horizon.exclusive) {
+        const StreamId& p = horizon.bound;
+        const StreamId before = p.seq > 0 ? StreamId{p.ms, p.seq - 1} : StreamId{p.ms - 1, UINT64_MAX};
+        if (before < stream->cursor) stream->cursor = before;
+      } else if (horizon.bound < stream->cursor) {
+        stream->cursor = horizon.bound;
+      }
+    }
     streams_.push_back(std::move(stream));
   }
   Log(LogLevel::kInfo, "online updates: reading " + std::to_string(streams_.size()) + " stream(s) from " +

@@ -13,9 +13,10 @@
 //    a restart of the process or of Redis (with Redis persistence on).
 //  - the process's own hash-map VDB and its L1 caches: read without a group,
 //    from the stream's end as it was when the server started (both were
-//    loaded from the table files then). A message is applied here only once
-//    the groups above have applied it, so a cache never holds a row older
-//    than the databases behind it (ParameterServer::ApplyUpdate).
+//    loaded from the table files then), or from where the groups above stood
+//    if they had messages left to apply. A message is applied here only once
+//    those groups have applied it, so a cache never holds a row older than
+//    the databases behind it (ParameterServer::ApplyUpdate).
 #ifndef TF_HPS_CORE_UPDATE_CONSUMER_H_
 #define TF_HPS_CORE_UPDATE_CONSUMER_H_
 

@@ -60,6 +60,7 @@ UpdateMessage DecodeUpdate(const std::vector<std::pair<std::string_view, std::st
   message.dim = ParseCount(get("dim"), "dim");
   const int64_t count = ParseCount(get("count"), "count");
   if (message.dim < 1) ThrowInvalidArgument("update message: dim must be positive");
+  if (count > 0 && message.dim > INT64_MAX / 4 / count) ThrowInvalidArgument("update message: count * dim is too large");
   const std::string_view keys = get("keys");
   const std::string_view vectors = get("vectors");
   if (keys.size() != static_cast<size_t>(count) * sizeof(int64_t))

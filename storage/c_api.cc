@@ -88,6 +88,14 @@ int64_t hps_storage_insert(HpsStorage* storage, const char* table, int64_t n, co
   });
 }
 
+int64_t hps_storage_apply_update(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
+                                 const float* values, int64_t dim, const char* version, char* err, size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    Backend(storage).ApplyUpdate(table, n, keys, values, dim, version);
+    return n;
+  });
+}
+
 int64_t hps_storage_fetch(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys, float* values,
                           int64_t dim, uint8_t* found, char* err, size_t err_len) {
   return Guarded(err, err_len, [&]() -> int64_t {

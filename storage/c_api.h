@@ -25,6 +25,11 @@ void hps_storage_close(HpsStorage* storage);
 
 int64_t hps_storage_insert(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
                            const float* values, int64_t dim, char* err, size_t err_len);
+/* Writes the rows of an online update whose stream position is `version`
+ * (text that sorts in stream order): a shared backend keeps each key's row of
+ * the highest version (DatabaseBackend::ApplyUpdate). Returns n. */
+int64_t hps_storage_apply_update(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
+                                 const float* values, int64_t dim, const char* version, char* err, size_t err_len);
 /* found: (n) bytes set to 1 for each key found, whose row is written to values; rows of keys not found
  * are zeroed. Returns the count found. */
 int64_t hps_storage_fetch(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys, float* values,

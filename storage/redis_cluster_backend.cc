@@ -170,56 +170,6 @@ std::vector<std::vector<int64_t>> RedisClusterBackend::GroupByPartition(int64_t 
   return groups;
 }
 
-void RedisClusterBackend::Insert(const std::string& table, int64_t n, const int64_t* keys, const float* values,
-                                 int64_t dim) {
-  CheckTable(table);
-  CheckDim(dim);
-  CheckCount(n);
-  if (n == 0) return;
-  const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
-  const bool limited = overflow_margin_ != UINT64_MAX;
-  const std::string initial_meta = policy_ == Policy::kOldest ? NowMillis() : "0";
-  const auto groups = GroupByPartition(n, keys);
-
-  std::vector<RedisCommand> commands;
-  std::vector<std::pair<int64_t, size_t>> lengths;  // (partition, index of its HLEN command)
-  for (int64_t p = 0; p < num_partitions_; ++p) {
-    const std::vector<int64_t>& rows = groups[p];
-    if (rows.empty()) continue;
-    const std::string value_hash = RedisValueHash(table, p);
-    const std::string meta_hash = RedisMetaHash(table, p);
-    for (size_t begin = 0; begin < rows.size(); begin += max_batch_size_) {
-      const size_t end = std::min(rows.size(), begin + static_cast<size_t>(max_batch_size_));
-      RedisCommand hset("HSET");
-      hset.Reserve(1 + 2 * (end - begin), value_hash.size() + (8 + row_bytes) * (end - begin));
-      hset.Add(value_hash);
-      for (size_t j = begin; j < end; ++j) {
-        const int64_t i = rows[j];
-        hset.Add(KeyField(keys[i]).view());
-        hset.Add(std::string_view(reinterpret_cast<const char*>(values + i * dim), row_bytes));
-      }
-      commands.push_back(std::move(hset));
-      if (track_metadata_) {
-        RedisCommand meta("HSET");
-        meta.Reserve(1 + 2 * (end - begin), meta_hash.size() + (8 + initial_meta.size()) * (end - begin));
-        meta.Add(meta_hash);
-        for (size_t j = begin; j < end; ++j) meta.Add(KeyField(keys[rows[j]]).view()).Add(initial_meta);
-        commands.push_back(std::move(meta));
-      }
-    }
-    if (limited) {
-      lengths.emplace_back(p, commands.size());
-      commands.push_back(std::move(RedisCommand("HLEN").Add(value_hash)));
-    }
-  }
-  const std::vector<RedisReplyPtr> replies = client_->Execute(commands);
-  CheckAll(replies, commands);
-  for (const auto& [p, index] : lengths) {
-    const int64_t rows = IntegerOf(*replies[index]);
-    if (static_cast<uint64_t>(rows) > overflow_margin_) ResolveOverflow(table, p, rows);
-  }
-}
-
 namespace {
 
 // KEYS: the partition's value hash, its version hash. ARGV: the version, then
@@ -238,36 +188,44 @@ return 0
 
 }  // namespace
 
-void RedisClusterBackend::ApplyUpdate(const std::string& table, int64_t n, const int64_t* keys,
-                                      const float* values, int64_t dim, const std::string& version) {
+void RedisClusterBackend::WriteRows(const std::string& table, int64_t n, const int64_t* keys, const float* values,
+                                    int64_t dim, const std::function<RedisCommand(int64_t partition)>& begin_batch) {
   CheckTable(table);
   CheckDim(dim);
   CheckCount(n);
   if (n == 0) return;
   const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
+  const bool limited = overflow_margin_ != UINT64_MAX;
+  const std::string initial_meta = policy_ == Policy::kOldest ? NowMillis() : "0";
   const auto groups = GroupByPartition(n, keys);
+
   std::vector<RedisCommand> commands;
   std::vector<std::pair<int64_t, size_t>> lengths;  // (partition, index of its HLEN command)
   for (int64_t p = 0; p < num_partitions_; ++p) {
     const std::vector<int64_t>& rows = groups[p];
     if (rows.empty()) continue;
-    const std::string value_hash = RedisValueHash(table, p);
+    const std::string meta_hash = RedisMetaHash(table, p);
     for (size_t begin = 0; begin < rows.size(); begin += max_batch_size_) {
       const size_t end = std::min(rows.size(), begin + static_cast<size_t>(max_batch_size_));
-      RedisCommand eval("EVAL");
-      eval.Reserve(5 + 2 * (end - begin), (8 + row_bytes) * (end - begin) + 256);
-      eval.Add(kApplyUpdateScript).Add(int64_t{2}).Add(value_hash).Add(RedisVersionHash(table, p)).Add(version);
-      eval.RouteBy(3);
+      RedisCommand write = begin_batch(p);
+      write.Reserve(2 * (end - begin), (8 + row_bytes) * (end - begin));
       for (size_t j = begin; j < end; ++j) {
         const int64_t i = rows[j];
-        eval.Add(KeyField(keys[i]).view());
-        eval.Add(std::string_view(reinterpret_cast<const char*>(values + i * dim), row_bytes));
+        write.Add(KeyField(keys[i]).view());
+        write.Add(std::string_view(reinterpret_cast<const char*>(values + i * dim), row_bytes));
       }
-      commands.push_back(std::move(eval));
+      commands.push_back(std::move(write));
+      if (track_metadata_) {
+        RedisCommand meta("HSET");
+        meta.Reserve(1 + 2 * (end - begin), meta_hash.size() + (8 + initial_meta.size()) * (end - begin));
+        meta.Add(meta_hash);
+        for (size_t j = begin; j < end; ++j) meta.Add(KeyField(keys[rows[j]]).view()).Add(initial_meta);
+        commands.push_back(std::move(meta));
+      }
     }
-    if (overflow_margin_ != UINT64_MAX) {
+    if (limited) {
       lengths.emplace_back(p, commands.size());
-      commands.push_back(std::move(RedisCommand("HLEN").Add(value_hash)));
+      commands.push_back(std::move(RedisCommand("HLEN").Add(RedisValueHash(table, p))));
     }
   }
   const std::vector<RedisReplyPtr> replies = client_->Execute(commands);
@@ -276,6 +234,22 @@ void RedisClusterBackend::ApplyUpdate(const std::string& table, int64_t n, const
     const int64_t rows = IntegerOf(*replies[index]);
     if (static_cast<uint64_t>(rows) > overflow_margin_) ResolveOverflow(table, p, rows);
   }
+}
+
+void RedisClusterBackend::Insert(const std::string& table, int64_t n, const int64_t* keys, const float* values,
+                                 int64_t dim) {
+  WriteRows(table, n, keys, values, dim,
+            [&](int64_t p) { return std::move(RedisCommand("HSET").Add(RedisValueHash(table, p))); });
+}
+
+void RedisClusterBackend::ApplyUpdate(const std::string& table, int64_t n, const int64_t* keys,
+                                      const float* values, int64_t dim, const std::string& version) {
+  WriteRows(table, n, keys, values, dim, [&](int64_t p) {
+    RedisCommand eval("EVAL");
+    eval.Add(kApplyUpdateScript).Add(int64_t{2}).Add(RedisValueHash(table, p)).Add(RedisVersionHash(table, p));
+    eval.Add(version).RouteBy(3);  // routed by the value hash, EVAL's first key
+    return eval;
+  });
 }
 
 int64_t RedisClusterBackend::Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values,

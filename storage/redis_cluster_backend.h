@@ -6,6 +6,7 @@
 #ifndef TF_HPS_STORAGE_REDIS_CLUSTER_BACKEND_H_
 #define TF_HPS_STORAGE_REDIS_CLUSTER_BACKEND_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,11 @@ class RedisClusterBackend : public DatabaseBackend {
   std::vector<std::string> ListTables() const override;
 
  private:
+  // Writes rows partition by partition, in batches of max_batch_size: each
+  // batch is the command begin_batch(partition) returns followed by (key
+  // field, row) pairs, plus the overflow metadata; then resolves overflow.
+  void WriteRows(const std::string& table, int64_t n, const int64_t* keys, const float* values, int64_t dim,
+                 const std::function<RedisCommand(int64_t partition)>& begin_batch);
   // Fetch of keys known to be distinct.
   int64_t FetchDistinct(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
                         std::vector<int64_t>* missing);

@@ -170,20 +170,26 @@ def test_shared_redis_vdb_cluster_gets_each_update_once_and_newest_wins(tables, 
     assert found == 50
 
 
-def test_an_older_update_applied_late_never_replaces_a_newer_row(redis_standalone):
-    """Several serving processes may apply messages of one stream out of order: the version check keeps the newest."""
+def test_an_older_update_applied_late_never_replaces_a_newer_row(redis_cluster):
+    """Several serving processes may apply messages of one stream out of order: Redis keeps the newest."""
     from tf_hps.storage import Storage
 
-    db = Storage("volatile_db", {"type": "redis_cluster", "address": redis_standalone.address, "num_partitions": 2})
-    code = f"""
-import sys; sys.path.insert(0, {ROOT!r})
-"""
-    del code
     tag = "hps_et.upd_order.t"
-    db.drop(tag)
-    db.insert(tag, np.arange(4), np.zeros((4, 2), np.float32))
-    assert db.fetch(tag, np.arange(4), 2)[0].tolist() == [[0, 0]] * 4
-    db.close()
+    with Storage("volatile_db", {"type": "redis_cluster", "address": redis_cluster.address,
+                                 "num_partitions": 3}) as db:
+        db.drop(tag)
+        keys = np.arange(40)
+        v2 = np.full((30, 2), 2.0, np.float32)
+        db.apply_update(tag, keys[:30], v2, "00000000000000000200-00000000000000000000")
+        db.apply_update(tag, keys, np.full((40, 2), 1.0, np.float32), "00000000000000000100-00000000000000000005")
+        rows, found = db.fetch(tag, keys, 2)
+        assert found.all()
+        np.testing.assert_array_equal(rows[:30], v2)  # the late, older update did not win
+        np.testing.assert_array_equal(rows[30:], 1.0)  # keys it alone wrote are written
+        db.apply_update(tag, keys[:5], np.full((5, 2), 3.0, np.float32), "00000000000000000200-00000000000000000001")
+        np.testing.assert_array_equal(db.fetch(tag, keys[:5], 2)[0], 3.0)
+        db.drop(tag)
+        assert not any(redis_cluster.client.exists(f"hps_et{{{tag}/p{p}}}u") for p in range(3))
 
 
 def test_consistency_one_million_row_updates_from_another_process_while_lookups_run(tables, redis_standalone):
@@ -250,3 +256,138 @@ with UpdatePublisher({config!r}) as publisher:
     rows = lookup(layer, np.arange(num_keys))
     np.testing.assert_array_equal(rows, np.repeat(final[:, None], dim, axis=1))
     assert checked["rows"] > 0
+
+
+def test_keras_callback_publishes_the_rows_training_changed(tables, redis_standalone):
+    import keras
+
+    config = update_config(tables, "upd_keras", redis_standalone.address, dim=4, rows=50)
+    keys, vectors = tables.rows["upd_keras"]
+    serving = hps.LookupLayer("upd_keras", 0, 4, tf.float32, config)
+    np.testing.assert_array_equal(lookup(serving, keys), vectors)
+
+    embedding = keras.layers.Embedding(50, 4, embeddings_initializer=keras.initializers.Constant(vectors))
+    model = keras.Sequential([keras.Input((1,), dtype="int64"), embedding, keras.layers.Flatten(),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    trained = np.array([3, 9, 27])  # only these rows get gradients
+    callback = hps.PublishChangedRows(hps.UpdatePublisher(config), "upd_keras", "sparse_embedding0", embedding,
+                                      every_n_steps=2)
+    model.fit(trained[:, None], np.ones((3, 1)), batch_size=1, epochs=3, verbose=0, callbacks=[callback])
+    table = embedding.get_weights()[0]
+    changed = np.flatnonzero((table != vectors).any(axis=1))
+    assert changed.tolist() == trained.tolist()
+    assert callback.rows_published >= len(trained)
+    assert wait_for(lambda: np.array_equal(lookup(serving, keys), table))
+    with pytest.raises(ValueError, match="every_n_steps must be a positive int"):
+        hps.PublishChangedRows(callback.publisher, "upd_keras", 0, embedding, every_n_steps=0)
+
+
+def test_shared_vdb_group_resumes_after_a_redis_restart(tables, tmp_path):
+    """Redis with an append-only file restarts; the group, the stream and the VDB survive, and updates go on."""
+    from redis_servers import RedisServer
+
+    redis_args = ("--appendonly", "yes", "--appendfsync", "always")
+    server = RedisServer(str(tmp_path), *redis_args)
+    port = server.port
+    try:
+        vdb = {"type": "redis_cluster", "address": server.address, "num_partitions": 2}
+        config = update_config(tables, "upd_restart", server.address, dim=4, rows=100, vdb=vdb)
+        keys, vectors = tables.rows["upd_restart"]
+        layer = hps.LookupLayer("upd_restart", 0, 4, tf.float32, config)
+        lookup(layer, keys)
+        publisher = UpdatePublisher(config)
+        publisher.publish("upd_restart", 0, keys[:10], np.full((10, 4), 1.0, np.float32))
+        publisher.flush()
+        publisher.close()
+        expected = vectors.copy()
+        expected[:10] = 1.0
+        assert wait_for(lambda: np.array_equal(lookup(layer, keys), expected))
+
+        server.stop()  # kill -9
+        server = RedisServer(str(tmp_path), *redis_args, port=port)
+        stream = f"hps_upd{{{table_tag('upd_restart', 'sparse_embedding0')}}}"
+        groups = {g["name"].decode(): g for g in server.client.xinfo_groups(stream)}
+        assert groups["hps.volatile"]["pending"] == 0  # acknowledged before the restart, and remembered
+        with UpdatePublisher(config) as publisher:
+            publisher.publish("upd_restart", 0, keys[5:20], np.full((15, 4), 2.0, np.float32))
+        expected[5:20] = 2.0
+        assert wait_for(lambda: np.array_equal(lookup(layer, keys), expected), timeout=30)
+        assert server.client.xinfo_groups(stream)[0]["pending"] == 0
+    finally:
+        server.stop()
+
+
+SERVE_UNTIL = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np, tensorflow as tf
+import tf_hps as hps
+layer = hps.LookupLayer("upd_pdb", 0, 4, tf.float32, {config!r})
+keys = tf.constant(np.arange(100), tf.int64)
+want = {want!r}
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    rows = layer(keys).numpy()
+    if all(rows[int(k), 0] == v for k, v in want.items()):
+        break
+    time.sleep(0.02)
+print(json.dumps(rows[:, 0].tolist()))
+"""
+
+
+def test_persistent_db_resumes_after_a_process_restart(tables, redis_standalone, tmp_path):
+    """A RocksDB kept across restarts (initialize_after_startup false) gets the updates published while
+    its process was down, and keeps the ones applied before."""
+    from tf_hps.storage import Storage
+
+    tables.table("upd_pdb", 100, 4)
+    keys, vectors = tables.rows["upd_pdb"]
+    pdb = {"type": "rocks_db", "path": str(tmp_path / "rocks"), "initialize_after_startup": False}
+    with Storage("persistent_db", {"type": "rocks_db", "path": pdb["path"]}) as db:
+        db.insert(table_tag("upd_pdb", "sparse_embedding0"), keys, vectors)
+    config = tables.config(tables=("upd_pdb",), dims=(4,), model="upd_pdb", defaults=(0.0,), name="upd_pdb.json",
+                           extra={"update_source": {"type": "redis_stream", "address": redis_standalone.address},
+                                  "volatile_db": {"type": "disabled"}, "persistent_db": pdb})
+
+    first = run_python(SERVE_UNTIL.format(root=ROOT, config=config, want={}))  # creates the groups
+    assert json.loads(first.stdout.strip().splitlines()[-1]) == vectors[:, 0].tolist()
+    publisher = UpdatePublisher(config)
+    code = SERVE_UNTIL.format(root=ROOT, config=config, want={3: 1.0})
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    time.sleep(0.5)
+    publisher.publish("upd_pdb", 0, [3], np.full((1, 4), 1.0, np.float32))
+    publisher.flush()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])[3] == 1.0, err
+
+    # Published while no server runs.
+    publisher.publish("upd_pdb", 0, [7, 8], np.full((2, 4), 2.0, np.float32))
+    publisher.flush()
+    publisher.close()
+    last = run_python(SERVE_UNTIL.format(root=ROOT, config=config, want={7: 2.0, 8: 2.0}))
+    served = json.loads(last.stdout.strip().splitlines()[-1])
+    expected = vectors[:, 0].copy()
+    expected[3], expected[7], expected[8] = 1.0, 2.0, 2.0
+    np.testing.assert_array_equal(np.array(served, np.float32), expected)
+
+
+def test_publisher_sends_by_itself_when_its_queue_is_full(tables, redis_standalone):
+    """Back-pressure: past max_pending_bytes, publish sends what is queued before it returns."""
+    config = update_config(tables, "upd_pressure", redis_standalone.address, dim=4)
+    stream = f"hps_upd{{{table_tag('upd_pressure', 'sparse_embedding0')}}}"
+    row_bytes = 8 + 4 * 4
+    publisher = UpdatePublisher(config, max_pending_bytes=100 * row_bytes)
+    publisher.publish("upd_pressure", 0, np.arange(50), np.ones((50, 4), np.float32))
+    assert redis_standalone.client.xlen(stream) == 0  # queued
+    publisher.publish("upd_pressure", 0, np.arange(60), np.ones((60, 4), np.float32))
+    assert redis_standalone.client.xlen(stream) == 2  # 110 rows queued > 100: both messages sent
+    publisher.publish("upd_pressure", 0, np.arange(10), np.ones((10, 4), np.float32))
+    assert redis_standalone.client.xlen(stream) == 2
+    publisher.flush()
+    assert redis_standalone.client.xlen(stream) == 3
+    publisher.close()

@@ -71,6 +71,8 @@ def _lib():
     lib.hps_storage_close.argtypes = [p]
     lib.hps_storage_insert.restype = i64
     lib.hps_storage_insert.argtypes = [p, cp, i64, p, p, i64, cp, sz]
+    lib.hps_storage_apply_update.restype = i64
+    lib.hps_storage_apply_update.argtypes = [p, cp, i64, p, p, i64, cp, cp, sz]
     lib.hps_storage_fetch.restype = i64
     lib.hps_storage_fetch.argtypes = [p, cp, i64, p, p, i64, p, cp, sz]
     lib.hps_storage_size.restype = i64
@@ -169,6 +171,19 @@ class Storage:
             raise ValueError(f"need keys (N,) and values (N, D); got {keys.shape} and {values.shape}")
         self._call(_lib().hps_storage_insert, table.encode(), keys.size, keys.ctypes.data,
                    values.ctypes.data, values.shape[1])
+
+    def apply_update(self, table: str, keys, values, version: str) -> None:
+        """Writes an online update's rows; ``version`` is its stream position as sortable text.
+
+        A shared backend (Redis) keeps, per key, the row of the highest version whatever the
+        order updates arrive in; the others overwrite like ``insert``.
+        """
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        if keys.ndim != 1 or values.ndim != 2 or values.shape[0] != keys.shape[0]:
+            raise ValueError(f"need keys (N,) and values (N, D); got {keys.shape} and {values.shape}")
+        self._call(_lib().hps_storage_apply_update, table.encode(), keys.size, keys.ctypes.data,
+                   values.ctypes.data, values.shape[1], version.encode())
 
     def fetch(self, table: str, keys, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns (values (N, dim) float32, found (N,) bool); rows of keys not found are zero."""

@@ -211,7 +211,17 @@ class GpuPipelines {
     // slow; only lookups of this same pipeline wait for it. A failure is not
     // remembered: the next lookup tries again.
     std::lock_guard<std::mutex> lock(entry->init_mutex);
-    if (entry->pipeline == nullptr) entry->pipeline = CreatePipeline(server, table, table_id, key_bytes);
+    if (entry->pipeline == nullptr) {
+      hps_gpu_lookup* pipeline = CreatePipeline(server, table, table_id, key_bytes);
+      // Online updates overwrite the rows this pipeline's L1 holds, as they
+      // do the CPU cache's (the pipeline makes its own device current).
+      server.AddCacheListener(table, [pipeline, tag = table.tag](const int64_t* keys, int64_t n, const float* rows) {
+        if (hps_gpu_lookup_update(pipeline, keys, n, rows) != 0)
+          Log(LogLevel::kWarning, "table " + tag + ": online update of the GPU cache failed: " +
+                                      hps_gpu_lookup_last_error());
+      });
+      entry->pipeline = pipeline;
+    }
     return entry->pipeline;
   }
 
