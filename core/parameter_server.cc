@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <numeric>
 
 #include "core/error.h"
@@ -314,13 +315,31 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
     std::vector<float> tier_rows(p * dim);
     std::vector<int64_t> still_missing;  // positions into pending
     try {
-      parallel_for(p, 300 + dim, [&](int64_t begin, int64_t end) {
-        std::vector<int64_t> absent;
-        tier->Fetch(table.tag, end - begin, tier_keys.data() + begin, tier_rows.data() + begin * dim, dim,
-                    &absent);
-        std::lock_guard<std::mutex> lock(merge_mutex);
-        for (int64_t j : absent) still_missing.push_back(begin + j);
-      });
+      // Shards of at least the tier's minimum, each on its own task; a
+      // failure on a worker thread is rethrown here, on the caller's.
+      const int64_t shards = std::clamp<int64_t>(p / std::max<int64_t>(1, tier->MinRowsPerFetchShard()), 1, 64);
+      std::exception_ptr failure;
+      auto fetch_shard = [&](int64_t shard) {
+        const int64_t begin = p * shard / shards, end = p * (shard + 1) / shards;
+        try {
+          std::vector<int64_t> absent;
+          tier->Fetch(table.tag, end - begin, tier_keys.data() + begin, tier_rows.data() + begin * dim, dim,
+                      &absent);
+          std::lock_guard<std::mutex> lock(merge_mutex);
+          for (int64_t j : absent) still_missing.push_back(begin + j);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(merge_mutex);
+          if (!failure) failure = std::current_exception();
+        }
+      };
+      if (shards == 1) {
+        fetch_shard(0);
+      } else {
+        parallel_for(shards, /*cost_per_unit=*/100'000'000, [&](int64_t begin, int64_t end) {
+          for (int64_t shard = begin; shard < end; ++shard) fetch_shard(shard);
+        });
+      }
+      if (failure) std::rethrow_exception(failure);
     } catch (const HpsError& e) {
       // A shared VDB that fails is passed over: the PDB (or the default) answers.
       if (!is_vdb || e.code() != ErrorCode::kUnavailable) throw;

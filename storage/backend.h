@@ -43,6 +43,11 @@ class DatabaseBackend {
   virtual int64_t Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values,
                         int64_t dim, std::vector<int64_t>* missing) = 0;
 
+  // How many keys a Fetch should get at least before the caller splits a
+  // batch over threads: small for in-process memory, unbounded for a server
+  // that a single pipelined call already keeps busy.
+  virtual int64_t MinRowsPerFetchShard() const { return 1024; }
+
   // Rows stored for `table` (0 for an unknown table).
   virtual int64_t Size(const std::string& table) const = 0;
 

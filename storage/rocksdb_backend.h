@@ -47,6 +47,7 @@ class RocksDbBackend : public DatabaseBackend {
                 std::vector<int64_t>* missing) override;
   // Exact row count by iterating the column family: O(rows), for tools and
   // tests, not for the lookup path.
+  int64_t MinRowsPerFetchShard() const override { return 4096; }
   int64_t Size(const std::string& table) const override;
   int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) override;
   // Drops the table's column family.
