@@ -1,10 +1,11 @@
 """LookupLayer vs tf.nn.embedding_lookup on a dense tf.Variable holding the same table.
 
-    python benchmarks/lookup_vs_tf.py [--rows 200000] [--dim 128] [--alpha 1.2] [--repeats 30]
+    python benchmarks/lookup_vs_tf.py [--rows 200000] [--dim 128] [--alpha 1.2] [--repeats 30] [--out DIR]
 
 Keys are power-law distributed (rank ~ zipf(alpha)), as recommendation
 traffic is. Prints a Markdown table of median lookups/s per batch size and the
-ratio LookupLayer / tf.nn.embedding_lookup, measured in the same run.
+ratio LookupLayer / tf.nn.embedding_lookup, measured in the same run; with --out, also
+writes lookup_vs_tf.json there (benchmarks/suite.py reads it).
 """
 
 from __future__ import annotations
@@ -22,14 +23,18 @@ import tensorflow as tf
 import tf_hps as hps
 
 
-def median_rate(fn, ids, repeats):
-    fn(ids)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_rates(fns, ids, repeats):
+    """Median keys/s of each function, timed in turns (A, B, A, B, ...) so that drift in the
+    machine's speed during the run affects both alike."""
+    for fn in fns:
         fn(ids).numpy()
-        times.append(time.perf_counter() - start)
-    return ids.shape.num_elements() / float(np.median(times))
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, log in zip(fns, times):
+            start = time.perf_counter()
+            fn(ids).numpy()
+            log.append(time.perf_counter() - start)
+    return [ids.shape.num_elements() / float(np.median(log)) for log in times]
 
 
 def main():
@@ -40,6 +45,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batches", default="1024,16384,65536")
     parser.add_argument("--gpucacheper", type=float, default=0.2)
+    parser.add_argument("--out", help="folder for lookup_vs_tf.json")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="tf_hps_bench_")
@@ -62,11 +68,19 @@ def main():
           f"median of {args.repeats}\n")
     print("| keys per call | LookupLayer (M keys/s) | tf.nn.embedding_lookup (M keys/s) | ratio |")
     print("|---:|---:|---:|---:|")
+    results = []
     for batch in (int(b) for b in args.batches.split(",")):
         ids = tf.constant((rng.zipf(args.alpha, size=batch) - 1) % args.rows, tf.int64)
-        ours = median_rate(hps_fn, ids, args.repeats)
-        theirs = median_rate(tf_fn, ids, args.repeats)
+        ours, theirs = median_rates([hps_fn, tf_fn], ids, args.repeats)
         print(f"| {batch} | {ours / 1e6:.1f} | {theirs / 1e6:.1f} | {ours / theirs:.2f} |")
+        results.append({"batch": batch, "ours_keys_per_s": ours, "tf_keys_per_s": theirs, "ratio": ours / theirs})
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "lookup_vs_tf.json"), "w") as f:
+            json.dump({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                       "tensorflow": tf.__version__,
+                       "settings": {k: v for k, v in vars(args).items() if k != "out"},
+                       "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
