@@ -145,3 +145,50 @@ $(GPU_OP_LIB): $(GPU_OP_SRCS) $(HDRS) ops/cuda/gpu_lookup_c_api.h $(BUILD)/tf_fl
 	    -Wl,-rpath,'$$ORIGIN' $(TF_LFLAGS)
 
 gpu: $(GPU_OP_LIB)
+
+# ---------------------------------------------------------------------------
+# Benchmarks (benchmarks/README.md):
+#   make bench         the whole suite, at most 15 minutes on 2 cores: benchmarks/results/REPORT.md, *.json, *.png
+#   make bench-quick   every part at small sizes (about a minute), into build/bench-quick/
+# BENCH_ARGS passes options to benchmarks/suite.py, e.g. BENCH_ARGS="--out build/bench-full" or "--no-tfra".
+.PHONY: bench bench-quick
+bench: lib $(CACHE_HOST_LIB)
+	@$(PY) benchmarks/suite.py $(BENCH_ARGS)
+
+bench-quick: lib $(CACHE_HOST_LIB)
+	@$(PY) benchmarks/suite.py --quick $(BENCH_ARGS)
+
+# ---------------------------------------------------------------------------
+# Sanitizers: the op library built with AddressSanitizer and
+# UndefinedBehaviorSanitizer from the same sources (sources.bzl), into
+# build/asan/, for tests/test_sanitizers.py, which runs a set of op tests
+# with it (docs/reliability.md). `make test` builds it.
+#   make asan   build/asan/_tf_hps_ops.so
+# Objects go to build/asan/obj/, apart from the normal ones. The library
+# links the sanitizer runtimes dynamically, so a process that loads it must
+# start with libasan preloaded (LD_PRELOAD=$$(gcc -print-file-name=libasan.so)).
+ASAN_DIR := $(BUILD)/asan
+ASAN_LIB := $(ASAN_DIR)/_tf_hps_ops.so
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -g -O1
+# Under the sanitizers GCC warns of maybe-uninitialized members inside libstdc++'s <regex>: noise.
+ASAN_EXTRA := -Wno-maybe-uninitialized
+ASAN_OBJS := $(CORE_SRCS:%.cc=$(ASAN_DIR)/obj/%.o) $(OP_SRCS:%.cc=$(ASAN_DIR)/obj/%.o)
+# The kernels include TF's headers, whose absl hash tables compare function
+# pointers with 0 in constexpr code; GCC 12's null / nonnull-attribute checks
+# make that "not a constant expression". Those three checks are left out of
+# the op sources only; the TF-free core gets every check.
+$(OP_SRCS:%.cc=$(ASAN_DIR)/obj/%.o): ASAN_EXTRA += -fno-sanitize=null,nonnull-attribute,returns-nonnull-attribute
+
+$(ASAN_DIR)/obj/%.o: %.cc $(HDRS) $(BUILD)/tf_flags.mk
+	@mkdir -p $(dir $@)
+	@echo "  CXX $< (asan+ubsan)"
+	@g++ $(CXXFLAGS) $(TF_CFLAGS) $(ASAN_FLAGS) $(ASAN_EXTRA) -c $< -o $@
+
+$(ASAN_LIB): $(ASAN_OBJS)
+	@echo "  LD  $@"
+	@g++ -shared $(ASAN_FLAGS) $^ -o $@ $(TF_LFLAGS) $(LINKOPTS)
+
+.PHONY: asan
+asan: setup $(ASAN_LIB)
+
+test: asan

@@ -10,7 +10,7 @@ rows every --update_interval seconds. Every row returned is checked: a row is [k
 version, ...] (version -1 for the rows of the table files), so a row of another key or a row mixing
 two versions is an error, as is an exception or a call that does not return within 10 s.
 
-Reported, over the time after the warm-up (--warmup, a fraction of the run):
+Reported, over the time after the warm-up (--warmup, a fraction of the run, at least 30 s):
 - resident memory (VmRSS) at the end of the warm-up and at the end, its growth, and the slope of a
   line fitted to the samples (target: growth < 2 %);
 - errors (target: 0);
@@ -49,7 +49,8 @@ import sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 from tf_hps.updates import UpdatePublisher
-config, rows, dim, count, interval = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+config = sys.argv[2]
+rows, dim, count, interval = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 rng = np.random.default_rng(7)
@@ -152,7 +153,8 @@ def write_table(work: str, rows: int, dim: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the run, warm-up included")
-    parser.add_argument("--warmup", type=float, default=0.2, help="fraction of the run before measuring")
+    parser.add_argument("--warmup", type=float, default=0.2,
+                        help="fraction of the run before measuring (at least 30 s, at most half the run)")
     parser.add_argument("--callers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1024, help="keys per call")
     parser.add_argument("--rows", type=int, default=200_000)
@@ -204,7 +206,9 @@ def main() -> int:
         for c in callers:
             c.start()
         duration = args.minutes * 60
-        warm_at = start + args.warmup * duration
+        # RocksDB's memtables (64 MiB each) and block cache fill from the updates and misses during the
+        # first tens of seconds: the warm-up lasts at least 30 s (at most half the run).
+        warm_at = start + max(args.warmup * duration, min(30.0, duration / 2))
         samples: list[tuple[float, int]] = []  # (seconds since the warm-up ended, RSS bytes)
         stalled = 0
         while time.monotonic() < start + duration:

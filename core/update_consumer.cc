@@ -187,6 +187,9 @@ void UpdateConsumer::Run() {
       if (!failing) Log(LogLevel::kWarning, std::string("online updates paused: ") + e.what() + "; retrying every " +
                                                 std::to_string(config_.failure_backoff_ms) + " ms");
       failing = true;
+      // Messages delivered to this consumer before the failure may be
+      // unacknowledged: read the groups' pending entries first again.
+      for (auto& stream : streams_) stream->shared_pending_first = stream->persistent_pending_first = true;
     }
     std::unique_lock<std::mutex> lock(mutex_);
     if (stop_) return;

@@ -109,6 +109,12 @@ RedisClientOptions UpdateSourceClientOptions(const UpdateSourceConfig& config) {
   options.connect_timeout_ms = 1000;
   // A blocking read waits up to poll_timeout_ms before its reply comes.
   options.command_timeout_ms = 5000 + config.poll_timeout_ms;
+  options.enable_tls = config.enable_tls;
+  options.tls_ca_certificate = config.tls_ca_certificate;
+  options.tls_client_certificate = config.tls_client_certificate;
+  options.tls_client_key = config.tls_client_key;
+  options.tls_server_name = config.tls_server_name_identification;
+  options.config_section = "update_source";
   return options;
 }
 
@@ -160,17 +166,19 @@ void UpdatePublisher::Publish(const std::string& model, const std::string& table
 
 void UpdatePublisher::Flush() {
   if (pending_.empty()) return;
-  std::vector<RedisCommand> commands;
-  commands.swap(pending_);
-  pending_bytes_ = 0;
-  const std::vector<RedisReplyPtr> replies = client_->Execute(commands);
+  // On failure the messages stay queued, so a later Flush sends them again
+  // (in order; one that had reached Redis is then applied twice, which
+  // leaves the same rows).
+  const std::vector<RedisReplyPtr> replies = client_->Execute(pending_);
   for (size_t i = 0; i < replies.size(); ++i) {
     if (replies[i] == nullptr || RedisReplyIsError(*replies[i]))
       throw HpsError(ErrorCode::kInternal,
-                     "XADD to " + std::string(commands[i].key()) + " failed: " +
+                     "XADD to " + std::string(pending_[i].key()) + " failed: " +
                          (replies[i] ? std::string(RedisReplyText(*replies[i])) : std::string("no reply")));
   }
-  messages_published_ += static_cast<int64_t>(commands.size());
+  messages_published_ += static_cast<int64_t>(pending_.size());
+  pending_.clear();
+  pending_bytes_ = 0;
 }
 
 }  // namespace tf_hps

@@ -84,6 +84,7 @@ class UpdatePublisher {
                const float* vectors, int64_t dim);
 
   // Sends every queued message; returns once Redis has stored them all.
+  // If it throws, the messages stay queued for the next Flush.
   void Flush();
 
   int64_t rows_published() const { return rows_published_; }

@@ -174,6 +174,19 @@ RocksDbBackend::Handle RocksDbBackend::Wrap(rocksdb::ColumnFamilyHandle* handle)
   return Handle(handle, [db](rocksdb::ColumnFamilyHandle* h) { db->DestroyColumnFamilyHandle(h); });
 }
 
+void RocksDbBackend::CheckSpace(size_t bytes) const {
+  constexpr uintmax_t kMarginBytes = uintmax_t{1} << 20;  // the log and manifest around a batch
+  std::error_code ec;
+  const std::filesystem::space_info space = std::filesystem::space(path_, ec);
+  if (ec) return;  // cannot tell: RocksDB reports what it meets
+  const uintmax_t needed = 2 * static_cast<uintmax_t>(bytes) + kMarginBytes;
+  if (space.available < needed)
+    throw HpsError(ErrorCode::kResourceExhausted,
+                   "rocks_db '" + path_ + "': No space left on device for this write: " +
+                       std::to_string(space.available >> 10) + " KiB free, it needs " +
+                       std::to_string(needed >> 10) + " KiB; writes go on once space is freed");
+}
+
 void RocksDbBackend::CheckWritable(const char* operation) const {
   if (read_only_)
     throw HpsError(ErrorCode::kFailedPrecondition, std::string("rocks_db: cannot ") + operation + " in '" +
@@ -237,10 +250,11 @@ void RocksDbBackend::Insert(const std::string& table, int64_t n, const int64_t* 
       if (!s.ok())
         throw HpsError(ErrorCode::kInternal, "rocks_db: table '" + table + "': " + s.ToString());
     }
+    CheckSpace(batch.GetDataSize());
     const rocksdb::Status s = db_->Write(write_options, &batch);
     if (!s.ok())
-      throw HpsError(ErrorCode::kInternal, "rocks_db '" + path_ + "': writing to table '" + table +
-                                               "' failed: " + s.ToString());
+      throw HpsError(s.IsNoSpace() ? ErrorCode::kResourceExhausted : ErrorCode::kInternal,
+                     "rocks_db '" + path_ + "': writing to table '" + table + "' failed: " + s.ToString());
   }
 }
 
@@ -342,6 +356,7 @@ int64_t RocksDbBackend::Evict(const std::string& table, int64_t n, const int64_t
       ++evicted;
     }
     if (batch.Count() == 0) continue;
+    CheckSpace(batch.GetDataSize());
     const rocksdb::Status s = db_->Write(rocksdb::WriteOptions(), &batch);
     if (!s.ok())
       throw HpsError(ErrorCode::kInternal, "rocks_db '" + path_ + "': evicting from table '" + table +

@@ -67,6 +67,12 @@ class RocksDbBackend : public DatabaseBackend {
   // caller holds cf_mutex_ shared; this may drop and retake it.
   Handle FindOrCreateColumnFamily(const std::string& table, std::shared_lock<std::shared_mutex>* lock);
   void CheckWritable(const char* operation) const;
+  // Throws kResourceExhausted while the database's filesystem has less free
+  // space than a write of `bytes` needs, plus a margin: Debian's RocksDB is
+  // built with assertions on and aborts the process when a write meets a full
+  // disk (and any RocksDB refuses writes after one until Resume()), so a full
+  // disk must stop writes before RocksDB sees it.
+  void CheckSpace(size_t bytes) const;
   Handle Wrap(rocksdb::ColumnFamilyHandle* handle);
 
   const std::string path_;

@@ -9,6 +9,11 @@ variable ``TF_HPS_GPU_KERNELS`` is not ``0``. A CPU-only process never loads
 it (it would register kernels that cannot run and pull a CUDA runtime into
 the process for nothing), and a failure to load it only warns: lookups then
 run on the CPU kernels, as before.
+
+``TF_HPS_OP_LIBRARY``, when set, names another build of the op library to
+load instead of ``_tf_hps_ops.so`` (e.g. ``build/asan/_tf_hps_ops.so`` from
+``make asan``; docs/reliability.md). Set ``TF_HPS_GPU_KERNELS=0`` with it:
+the GPU kernel library links against the default op library.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ _LIBRARY_NAME = "_tf_hps_ops.so"
 _GPU_LIBRARY_NAME = "_tf_hps_ops_gpu.so"
 # Set to "0" to keep lookups on the CPU kernels on a machine with a GPU.
 _GPU_KERNELS_ENV = "TF_HPS_GPU_KERNELS"
+# Path of another op library build to load instead of _tf_hps_ops.so (sanitizer builds).
+_OP_LIBRARY_ENV = "TF_HPS_OP_LIBRARY"
 
 
 def _library_file(name: str) -> str:
@@ -41,6 +48,12 @@ def op_library_path() -> str:
         >>> hps.op_library_path().endswith("_tf_hps_ops.so")
         True
     """
+    override = os.environ.get(_OP_LIBRARY_ENV)
+    if override:
+        path = os.path.abspath(override)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tf_hps op library not found at {path} (named by ${_OP_LIBRARY_ENV})")
+        return path
     path = _library_file(_LIBRARY_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(

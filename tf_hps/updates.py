@@ -97,7 +97,11 @@ class UpdatePublisher:
             storage._raise(-1 - status, err)
 
     def flush(self) -> None:
-        """Sends every queued row; returns once Redis has stored them."""
+        """Sends every queued row; returns once Redis has stored them.
+
+        If Redis cannot be reached it raises (``ConnectionError``) and keeps the rows queued, so
+        calling ``flush`` again later sends them.
+        """
         if not self._handle:
             raise ValueError("this UpdatePublisher is closed")
         err = ctypes.create_string_buffer(storage._ERR_LEN)
