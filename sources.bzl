@@ -45,10 +45,15 @@ HPS_CORE_HDRS = [
     "storage/redis_cluster_backend.h",
 ]
 
-# Libraries the core links against (Debian packages).
+# Libraries the core links against (Debian packages). OpenSSL (libssl-dev's
+# headers, libssl.so.3 at run time) is deliberately not linked but dlopen'ed
+# by storage/redis_client.cc: TensorFlow's libtensorflow_framework.so.2
+# exports BoringSSL under the same symbol names, and a linked -lssl -lcrypto
+# would bind to those (see the TLS note there). -ldl for that dlopen.
 HPS_CORE_LINKOPTS = [
     "-lhiredis",
     "-lrocksdb",
+    "-ldl",
 ]
 
 # TensorFlow op registrations and CPU kernels: _tf_hps_ops.so = core + these.

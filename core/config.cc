@@ -194,6 +194,11 @@ void VisitUpdateSource(V& v, UpdateSourceConfig& c) {
   v("password", c.password);
   v("node_id", c.node_id);
   v("max_stream_entries", c.max_stream_entries);
+  v("enable_tls", c.enable_tls);
+  v("tls_ca_certificate", c.tls_ca_certificate);
+  v("tls_client_certificate", c.tls_client_certificate);
+  v("tls_client_key", c.tls_client_key);
+  v("tls_server_name_identification", c.tls_server_name_identification);
 }
 
 template <class V>
@@ -405,6 +410,16 @@ std::string ResolvePath(const std::string& path, const std::string& base_dir) {
   return (std::filesystem::path(base_dir) / p).lexically_normal().string();
 }
 
+// The certificate and key files of a section with TLS on resolve like the
+// other paths; with TLS off they are left as written (never opened).
+template <class Section>
+void ResolveTlsPaths(Section& c, const std::string& base_dir) {
+  if (!c.enable_tls) return;
+  c.tls_ca_certificate = ResolvePath(c.tls_ca_certificate, base_dir);
+  c.tls_client_certificate = ResolvePath(c.tls_client_certificate, base_dir);
+  c.tls_client_key = ResolvePath(c.tls_client_key, base_dir);
+}
+
 void ValidateModel(ModelConfig& m, const std::string& at, const std::string& base_dir) {
   CheckName(m.model, at + ".model");
   const size_t n = m.sparse_files.size();
@@ -557,6 +572,7 @@ ParameterServerConfig ParseConfigWith(const std::string& json_text, const std::s
   if (const Json* v = top.Find("volatile_db"))
     ReadObject(*v, "volatile_db", warnings, [&](JsonReader& r) { VisitVolatileDb(r, config.volatile_db); });
   ValidateVolatileDb(config.volatile_db);
+  ResolveTlsPaths(config.volatile_db, base_dir);
   SetUpSecret(&config.volatile_db.password, &config.volatile_db.password_ref, "volatile_db.password",
               config.volatile_db.type == "redis_cluster", secrets, warnings);
   if (const Json* p = top.Find("persistent_db"))
@@ -565,6 +581,7 @@ ParameterServerConfig ParseConfigWith(const std::string& json_text, const std::s
   if (const Json* u = top.Find("update_source"))
     ReadObject(*u, "update_source", warnings, [&](JsonReader& r) { VisitUpdateSource(r, config.update_source); });
   ValidateUpdateSource(config.update_source);
+  ResolveTlsPaths(config.update_source, base_dir);
   SetUpSecret(&config.update_source.password, &config.update_source.password_ref, "update_source.password",
               config.update_source.type == "redis_stream", secrets, warnings);
   top.WarnUnknownKeys();
@@ -602,11 +619,12 @@ ParameterServerConfig ParseConfig(const std::string& json_text, const std::strin
   return ParseConfigWith(json_text, base_dir, warnings, Secrets::kResolve);
 }
 
-VolatileDbConfig ParseVolatileDbConfig(const std::string& json_text, const std::string&,
+VolatileDbConfig ParseVolatileDbConfig(const std::string& json_text, const std::string& base_dir,
                                        std::vector<std::string>* warnings) {
   VolatileDbConfig config;
   ReadObject(ParseJson(json_text), "volatile_db", warnings, [&](JsonReader& r) { VisitVolatileDb(r, config); });
   ValidateVolatileDb(config);
+  ResolveTlsPaths(config, base_dir);
   SetUpSecret(&config.password, &config.password_ref, "volatile_db.password", config.type == "redis_cluster",
               Secrets::kResolve, warnings);
   return config;

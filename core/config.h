@@ -34,6 +34,9 @@ struct VolatileDbConfig {
   bool shared_memory_auto_remove = true;
   int64_t num_node_connections = 5;
   int64_t max_batch_size = 65536;
+  // TLS to Redis (docs/storage.md). With enable_tls, the three paths resolve
+  // against the config file's folder; an empty tls_client_certificate means
+  // no client certificate, an empty tls_ca_certificate the system trust store.
   bool enable_tls = false;
   std::string tls_ca_certificate = "cacertbundle.crt";
   std::string tls_client_certificate = "client_cert.pem";
@@ -82,6 +85,12 @@ struct UpdateSourceConfig {
   std::string password_ref;  // as VolatileDbConfig::password_ref
   std::string node_id;
   int64_t max_stream_entries = 100000;
+  // TLS to the stream server(s), as in VolatileDbConfig.
+  bool enable_tls = false;
+  std::string tls_ca_certificate = "cacertbundle.crt";
+  std::string tls_client_certificate = "client_cert.pem";
+  std::string tls_client_key = "client_key.pem";
+  std::string tls_server_name_identification = "redis.localhost";
 };
 
 struct ModelConfig {
@@ -135,8 +144,8 @@ struct ParameterServerConfig {
   int FindModel(const std::string& name) const;
 };
 
-// Parses HPS JSON text. Relative paths (sparse_files, persistent_db.path)
-// resolve against `base_dir` (the config file's folder); an empty base_dir
+// Parses HPS JSON text. Relative paths (sparse_files, persistent_db.path,
+// and the tls_* files of a section with enable_tls) resolve against `base_dir` (the config file's folder); an empty base_dir
 // leaves them as they are. Unknown keys are not errors: each one appends a
 // message to `warnings`. Throws HpsError(kInvalidArgument) naming the JSON
 // path on a missing required key, a wrong type or an invalid value.

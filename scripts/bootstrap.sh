@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(g++ make python3-venv nlohmann-json3-dev librocksdb-dev libhiredis-dev redis-server bazel-bootstrap)
+APT_PACKAGES=(g++ make python3-venv nlohmann-json3-dev librocksdb-dev libhiredis-dev libssl-dev redis-server bazel-bootstrap)
 
 system() {
   local missing=()

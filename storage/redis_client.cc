@@ -26,14 +26,46 @@
 // is idempotent apart from HINCRBY on access counters, where a double count is
 // harmless. A timeout is not retried, so a call fails within about one
 // command timeout. Errors name the node address.
+//
+// TLS. hiredis 0.14 has no TLS, so the client adds it underneath: a
+// connection is opened by hiredis (TCP connect within the connect timeout,
+// blocking socket) and, with enable_tls, OpenSSL then runs the handshake on
+// the context's socket, with SO_RCVTIMEO / SO_SNDTIMEO set to the connect
+// timeout (so a peer that does not speak TLS fails it in about that time),
+// verifying the server's certificate against the configured CAs and its name
+// against tls_server_name (also sent as SNI). From then on hiredis only
+// formats commands and parses replies: redisAppendCommandArgv fills
+// context->obuf (no I/O in 0.14), which is written with SSL_write and
+// cleared; replies are read with SSL_read and fed to context->reader. The
+// socket keeps the command timeout, so SSL_read / SSL_write time out exactly
+// like hiredis's read / write, and their failures are recorded in the
+// context (err, errstr) the way hiredis records its own: a timeout as
+// REDIS_ERR_IO with strerror(EAGAIN), a closed connection as REDIS_ERR_EOF.
+// Everything above (pooling, retries, redirections, error codes) is shared
+// with plain connections, whose path is unchanged: hiredis does their I/O.
+// The SSL_CTX (CAs, client certificate) is built once per client, so missing
+// or bad files fail when the client is created, naming file and config key.
 #include "storage/redis_client.h"
 
+#include <arpa/inet.h>
+#include <dlfcn.h>
+// hiredis 0.14's sds.h lacks extern "C"; hiredis.h includes it, so it comes first.
+extern "C" {
+#include <hiredis/sds.h>
+}
 #include <hiredis/hiredis.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 #include <utility>
 
@@ -93,6 +125,352 @@ bool IsTimeout(const redisContext* context) {
 }
 
 }  // namespace
+
+// --- TLS ---------------------------------------------------------------------
+
+namespace {
+
+// OpenSSL is loaded at run time, not linked: TensorFlow's
+// libtensorflow_framework.so.2 exports its own BoringSSL under the same
+// names (SSL_new, ERR_get_error, ...), unversioned, so a link-time reference
+// would bind to whichever library comes first in the search order (the
+// static linker already binds most of them to TensorFlow's), and libssl's
+// own calls into libcrypto could too. dlopen with RTLD_DEEPBIND makes
+// libssl.so.3 and libcrypto.so.3 resolve their symbols among themselves first,
+// and dlsym on that handle gives us theirs.
+#define TF_HPS_OPENSSL_FUNCTIONS(X) X(TLS_client_method) X(SSL_CTX_new) X(SSL_CTX_free) X(SSL_CTX_ctrl) X(SSL_CTX_set_verify) X(SSL_CTX_set_default_passwd_cb) X(SSL_CTX_set_default_verify_paths) X(SSL_CTX_load_verify_locations) X(SSL_CTX_use_certificate_chain_file) X(SSL_CTX_use_PrivateKey_file) X(SSL_CTX_check_private_key) X(SSL_new) X(SSL_free) X(SSL_set_fd) X(SSL_ctrl) X(SSL_set1_host) X(SSL_get0_param) X(SSL_connect) X(SSL_read) X(SSL_write) X(SSL_get_error) X(SSL_get_verify_result) X(ERR_get_error) X(ERR_clear_error) X(ERR_error_string_n) X(X509_verify_cert_error_string) X(X509_VERIFY_PARAM_set1_ip_asc)
+
+struct OpenSsl {
+#define TF_HPS_OPENSSL_MEMBER(name) decltype(&::name) name = nullptr;
+  TF_HPS_OPENSSL_FUNCTIONS(TF_HPS_OPENSSL_MEMBER)
+#undef TF_HPS_OPENSSL_MEMBER
+};
+
+const OpenSsl* LoadOpenSsl() {
+  constexpr const char* kLibrary = "libssl.so.3";
+  void* handle = dlopen(kLibrary, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+  if (handle == nullptr) {
+    const char* why = dlerror();
+    throw HpsError(ErrorCode::kFailedPrecondition,
+                   std::string("redis TLS needs OpenSSL 3 (") + kLibrary + "), which cannot be loaded (" +
+                       (why != nullptr ? why : "unknown error") + "); install the Debian package libssl3");
+  }
+  auto* table = new OpenSsl();  // never freed, like the library
+#define TF_HPS_OPENSSL_LOOKUP(name)                                                                          \
+  table->name = reinterpret_cast<decltype(&::name)>(dlsym(handle, #name));                                   \
+  if (table->name == nullptr)                                                                                \
+    throw HpsError(ErrorCode::kFailedPrecondition,                                                           \
+                   std::string("redis TLS: ") + kLibrary + " has no function " #name " (OpenSSL 3 is needed)");
+  TF_HPS_OPENSSL_FUNCTIONS(TF_HPS_OPENSSL_LOOKUP)
+#undef TF_HPS_OPENSSL_LOOKUP
+  return table;
+}
+
+// The OpenSSL functions; the first call loads them (throws if it cannot).
+const OpenSsl& Ossl() {
+  static const OpenSsl* table = LoadOpenSsl();  // retried by the next call if it throws
+  return *table;
+}
+
+}  // namespace
+
+// One open connection: a hiredis context and, over TLS, the session on its socket.
+struct RedisConnection {
+  redisContext* context = nullptr;
+  SSL* ssl = nullptr;  // null for a plain connection
+};
+
+namespace {
+
+void CloseConnection(RedisConnection* connection) {
+  if (connection == nullptr) return;
+  // No close_notify: the peer may be gone, and Redis does not need it.
+  if (connection->ssl != nullptr) Ossl().SSL_free(connection->ssl);
+  if (connection->context != nullptr) redisFree(connection->context);
+  delete connection;
+}
+
+// The oldest error in this thread's OpenSSL queue as text (and clears the queue).
+std::string OpenSslErrorText() {
+  const unsigned long code = Ossl().ERR_get_error();
+  Ossl().ERR_clear_error();
+  if (code == 0) return "no OpenSSL error recorded";
+  char text[256];
+  Ossl().ERR_error_string_n(code, text, sizeof(text));
+  return text;
+}
+
+void SetContextError(redisContext* context, int type, const std::string& text) {
+  context->err = type;
+  std::snprintf(context->errstr, sizeof(context->errstr), "%s", text.c_str());
+}
+
+// Records why an SSL_read / SSL_write on a blocking socket failed, as hiredis
+// records a failed read / write (see the design note).
+void SetTlsIoError(RedisConnection* connection, int result, int saved_errno) {
+  redisContext* context = connection->context;
+  switch (Ossl().SSL_get_error(connection->ssl, result)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:  // SO_RCVTIMEO / SO_SNDTIMEO ran out
+      Ossl().ERR_clear_error();
+      SetContextError(context, REDIS_ERR_IO, std::strerror(EAGAIN));
+      return;
+    case SSL_ERROR_ZERO_RETURN:
+      Ossl().ERR_clear_error();
+      SetContextError(context, REDIS_ERR_EOF, "Server closed the connection");
+      return;
+    case SSL_ERROR_SYSCALL:
+      Ossl().ERR_clear_error();
+      if (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK)
+        SetContextError(context, REDIS_ERR_IO, std::strerror(EAGAIN));
+      else if (saved_errno == 0)
+        SetContextError(context, REDIS_ERR_EOF, "Server closed the connection");
+      else
+        SetContextError(context, REDIS_ERR_IO, std::strerror(saved_errno));
+      return;
+    default: {
+      std::string text = "TLS: " + OpenSslErrorText();
+      if (text.find("unexpected eof") != std::string::npos) {
+        SetContextError(context, REDIS_ERR_EOF, "Server closed the connection");
+        return;
+      }
+      if (text.find("certificate required") != std::string::npos)
+        text = "the server requires a client certificate: " + text;
+      SetContextError(context, REDIS_ERR_IO, text);
+    }
+  }
+}
+
+// Writes the context's output buffer through TLS and empties it; false (with
+// the context's error set) on failure.
+bool TlsFlush(RedisConnection* connection) {
+  redisContext* context = connection->context;
+  const size_t length = sdslen(context->obuf);
+  size_t done = 0;
+  while (done < length) {
+    const int chunk = static_cast<int>(std::min<size_t>(length - done, INT_MAX));
+    Ossl().ERR_clear_error();
+    errno = 0;
+    const int written = Ossl().SSL_write(connection->ssl, context->obuf + done, chunk);
+    if (written <= 0) {
+      SetTlsIoError(connection, written, errno);
+      return false;
+    }
+    done += static_cast<size_t>(written);
+  }
+  sdsfree(context->obuf);
+  context->obuf = sdsempty();
+  return true;
+}
+
+// redisGetReply for a TLS connection: flushes pending output, then reads
+// until the reader holds a whole reply. REDIS_OK or REDIS_ERR, like hiredis.
+int TlsGetReply(RedisConnection* connection, void** reply) {
+  redisContext* context = connection->context;
+  *reply = nullptr;
+  if (redisGetReplyFromReader(context, reply) != REDIS_OK) return REDIS_ERR;
+  if (*reply != nullptr) return REDIS_OK;
+  if (sdslen(context->obuf) > 0 && !TlsFlush(connection)) return REDIS_ERR;
+  char buffer[16 * 1024];
+  while (*reply == nullptr) {
+    Ossl().ERR_clear_error();
+    errno = 0;
+    const int got = Ossl().SSL_read(connection->ssl, buffer, sizeof(buffer));
+    if (got <= 0) {
+      SetTlsIoError(connection, got, errno);
+      return REDIS_ERR;
+    }
+    if (redisReaderFeed(context->reader, buffer, static_cast<size_t>(got)) != REDIS_OK ||
+        redisGetReplyFromReader(context, reply) != REDIS_OK) {
+      if (context->err == 0) SetContextError(context, REDIS_ERR_PROTOCOL, context->reader->errstr);
+      return REDIS_ERR;
+    }
+  }
+  return REDIS_OK;
+}
+
+int GetReply(RedisConnection* connection, void** reply) {
+  if (connection->ssl != nullptr) return TlsGetReply(connection, reply);
+  return redisGetReply(connection->context, reply);
+}
+
+// Sends one command and reads its reply (redisCommandArgv); null on failure.
+redisReply* RunCommand(RedisConnection* connection, int argc, const char** argv, const size_t* lens) {
+  if (connection->ssl == nullptr) return static_cast<redisReply*>(redisCommandArgv(connection->context, argc, argv, lens));
+  if (redisAppendCommandArgv(connection->context, argc, argv, lens) != REDIS_OK) return nullptr;
+  void* reply = nullptr;
+  if (TlsGetReply(connection, &reply) != REDIS_OK) return nullptr;
+  return static_cast<redisReply*>(reply);
+}
+
+bool IsIpAddress(const std::string& host) {
+  unsigned char buffer[sizeof(in6_addr)];
+  return inet_pton(AF_INET, host.c_str(), buffer) == 1 || inet_pton(AF_INET6, host.c_str(), buffer) == 1;
+}
+
+// Checks that `path` names a readable file (or, where allowed, a folder);
+// throws kNotFound naming the config key otherwise. True for a folder.
+bool CheckReadable(const std::string& path, const std::string& key, bool folder_allowed) {
+  std::error_code ec;
+  if (folder_allowed && std::filesystem::is_directory(path, ec)) return true;
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr)
+    throw HpsError(ErrorCode::kNotFound, key + ": cannot read '" + path + "' (" + std::strerror(errno) + ")");
+  std::fclose(file);
+  return false;
+}
+
+// A hint for the first exchange on a new connection that failed. A TLS-only
+// server resets a plain connection, or answers it with a TLS alert record
+// (type byte 0x15). A server that wants a client certificate it did not get
+// (or does not trust) drops a TLS 1.3 connection after the client has
+// finished its handshake, often before its alert can be read.
+std::string FirstExchangeHint(const RedisConnection* connection, const RedisClientOptions& options) {
+  const redisContext* context = connection->context;
+  const bool alert = context->err == REDIS_ERR_PROTOCOL && std::strstr(context->errstr, "\"\\x15\"") != nullptr;
+  const bool dropped = context->err == REDIS_ERR_EOF ||
+                       (context->err == REDIS_ERR_IO && std::strcmp(context->errstr, std::strerror(ECONNRESET)) == 0);
+  if (connection->ssl == nullptr) {
+    if (alert) return "; the server answered with a TLS alert: it expects TLS (set enable_tls and the tls_* keys)";
+    if (dropped) return "; if that port serves TLS only, set enable_tls and the tls_* keys";
+    return "";
+  }
+  if (!dropped || std::strstr(context->errstr, "client certificate") != nullptr) return "";
+  const std::string section = options.config_section + ".";
+  if (options.tls_client_certificate.empty())
+    return "; the server closed the connection after the TLS handshake: it may require a client certificate "
+           "(set " + section + "tls_client_certificate and " + section + "tls_client_key)";
+  return "; the server closed the connection after the TLS handshake: it may not accept the client certificate " +
+         section + "tls_client_certificate ('" + options.tls_client_certificate + "')";
+}
+
+}  // namespace
+
+// The client's TLS settings: one SSL_CTX shared by all its connections.
+class RedisTls {
+ public:
+  explicit RedisTls(const RedisClientOptions& options)
+      : section_(options.config_section),
+        ca_(options.tls_ca_certificate),
+        server_name_(options.tls_server_name),
+        connect_timeout_ms_(options.connect_timeout_ms) {
+    Ossl().ERR_clear_error();
+    context_ = Ossl().SSL_CTX_new(Ossl().TLS_client_method());
+    if (context_ == nullptr) throw HpsError(ErrorCode::kInternal, "redis TLS: SSL_CTX_new failed: " + OpenSslErrorText());
+    try {
+      Ossl().SSL_CTX_ctrl(context_, SSL_CTRL_SET_MIN_PROTO_VERSION, TLS1_2_VERSION, nullptr);
+      Ossl().SSL_CTX_set_verify(context_, SSL_VERIFY_PEER, nullptr);
+      Ossl().SSL_CTX_ctrl(context_, SSL_CTRL_MODE, SSL_MODE_AUTO_RETRY, nullptr);
+      // Never prompt for a key's passphrase (an encrypted key fails instead).
+      Ossl().SSL_CTX_set_default_passwd_cb(context_, [](char*, int, int, void*) { return 0; });
+      LoadCa();
+      LoadClientCertificate(options.tls_client_certificate, options.tls_client_key);
+    } catch (...) {
+      Ossl().SSL_CTX_free(context_);
+      throw;
+    }
+  }
+  ~RedisTls() { Ossl().SSL_CTX_free(context_); }
+  RedisTls(const RedisTls&) = delete;
+  RedisTls& operator=(const RedisTls&) = delete;
+
+  // Runs the handshake on a connected context (its socket's timeouts set to
+  // the connect timeout by the caller). Returns the session; throws
+  // kInvalidArgument if the server's certificate does not verify, else
+  // kUnavailable. Does not free the context.
+  SSL* Handshake(redisContext* context, const std::string& address, const std::string& host) const {
+    const std::string name = server_name_.empty() ? host : server_name_;
+    Ossl().ERR_clear_error();
+    SSL* ssl = Ossl().SSL_new(context_);
+    if (ssl == nullptr) throw HpsError(ErrorCode::kInternal, "redis TLS: SSL_new failed: " + OpenSslErrorText());
+    bool named = Ossl().SSL_set_fd(ssl, context->fd) == 1;
+    if (IsIpAddress(name)) {
+      named = named && Ossl().X509_VERIFY_PARAM_set1_ip_asc(Ossl().SSL_get0_param(ssl), name.c_str()) == 1;
+    } else {
+      // SNI carries host names only.
+      named = named && Ossl().SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, const_cast<char*>(name.c_str())) == 1 && Ossl().SSL_set1_host(ssl, name.c_str()) == 1;
+    }
+    if (!named) {
+      const std::string why = OpenSslErrorText();
+      Ossl().SSL_free(ssl);
+      ThrowInvalidArgument(Key("tls_server_name_identification") + ": cannot use '" + name + "' (" + why + ")");
+    }
+    errno = 0;
+    const int result = Ossl().SSL_connect(ssl);
+    if (result == 1) return ssl;
+    const int saved_errno = errno;
+    const int error = Ossl().SSL_get_error(ssl, result);
+    const long verify = Ossl().SSL_get_verify_result(ssl);
+    std::string why = OpenSslErrorText();
+    Ossl().SSL_free(ssl);
+    const std::string hint = "; is " + address + " a TLS port (tls-port), and does the server speak TLS?";
+    if (verify != X509_V_OK) {
+      std::string text = "redis node " + address + ": the server's TLS certificate does not verify (" +
+                         Ossl().X509_verify_cert_error_string(verify) + "): ";
+      if (verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH)
+        text += "it is not issued for '" + name + "'; set " + Key("tls_server_name_identification") +
+                " to a name in the certificate";
+      else
+        text += "check that " + Key("tls_ca_certificate") + " ('" + ca_ + "') holds the CA that signed it";
+      ThrowInvalidArgument(text);
+    }
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE ||
+        (error == SSL_ERROR_SYSCALL && (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK)))
+      ThrowUnavailable(address, "TLS handshake: no answer within " + std::to_string(connect_timeout_ms_) +
+                                    " ms (connect timeout)" + hint);
+    if (error == SSL_ERROR_SYSCALL)
+      why = saved_errno == 0 ? std::string("the server closed the connection") : std::strerror(saved_errno);
+    if (why.find("alert") != std::string::npos && why.find("certificate") != std::string::npos)
+      ThrowUnavailable(address, "TLS handshake failed (" + why + "); the server may require a client certificate: set " +
+                                    Key("tls_client_certificate") + " and " + Key("tls_client_key"));
+    ThrowUnavailable(address, "TLS handshake failed (" + why + ")" + hint);
+  }
+
+ private:
+  std::string Key(const char* name) const { return section_ + "." + name; }
+
+  void LoadCa() {
+    if (ca_.empty()) {
+      if (Ossl().SSL_CTX_set_default_verify_paths(context_) != 1)
+        ThrowInvalidArgument(Key("tls_ca_certificate") + " is empty and the system's trust store cannot be loaded (" +
+                             OpenSslErrorText() + ")");
+      return;
+    }
+    const bool folder = CheckReadable(ca_, Key("tls_ca_certificate"), /*folder_allowed=*/true);
+    if (Ossl().SSL_CTX_load_verify_locations(context_, folder ? nullptr : ca_.c_str(), folder ? ca_.c_str() : nullptr) != 1)
+      ThrowInvalidArgument(Key("tls_ca_certificate") + ": '" + ca_ + "' holds no PEM certificate OpenSSL can load (" +
+                           OpenSslErrorText() + ")");
+  }
+
+  void LoadClientCertificate(const std::string& certificate, const std::string& key) {
+    if (certificate.empty()) return;
+    CheckReadable(certificate, Key("tls_client_certificate"), false);
+    if (key.empty())
+      ThrowInvalidArgument(Key("tls_client_key") + " is empty but " + Key("tls_client_certificate") +
+                           " is set: a client certificate needs its private key");
+    CheckReadable(key, Key("tls_client_key"), false);
+    if (Ossl().SSL_CTX_use_certificate_chain_file(context_, certificate.c_str()) != 1)
+      ThrowInvalidArgument(Key("tls_client_certificate") + ": '" + certificate +
+                           "' holds no PEM certificate OpenSSL can load (" + OpenSslErrorText() + ")");
+    if (Ossl().SSL_CTX_use_PrivateKey_file(context_, key.c_str(), SSL_FILETYPE_PEM) != 1) {
+      const std::string why = OpenSslErrorText();
+      if (why.find("key values mismatch") != std::string::npos)
+        ThrowInvalidArgument(Key("tls_client_key") + ": '" + key + "' is not the private key of " +
+                             Key("tls_client_certificate") + " '" + certificate + "' (" + why + ")");
+      ThrowInvalidArgument(Key("tls_client_key") + ": '" + key +
+                           "' holds no unencrypted PEM private key OpenSSL can load (" + why + ")");
+    }
+    if (Ossl().SSL_CTX_check_private_key(context_) != 1)
+      ThrowInvalidArgument(Key("tls_client_key") + ": '" + key + "' is not the private key of " +
+                           Key("tls_client_certificate") + " '" + certificate + "' (" + OpenSslErrorText() + ")");
+  }
+
+  const std::string section_;
+  const std::string ca_;
+  const std::string server_name_;
+  const int64_t connect_timeout_ms_;
+  SSL_CTX* context_ = nullptr;
+};
 
 // --- keys and slots ---------------------------------------------------------
 
@@ -171,47 +549,47 @@ bool RedisReplyIsError(const redisReply& reply) { return reply.type == REDIS_REP
 // opened lazily and reopened after a failure.
 class RedisNode {
  public:
-  RedisNode(std::string address, std::string host, int port, const RedisClientOptions* options)
-      : address_(std::move(address)), host_(std::move(host)), port_(port), options_(options) {}
+  RedisNode(std::string address, std::string host, int port, const RedisClientOptions* options, const RedisTls* tls)
+      : address_(std::move(address)), host_(std::move(host)), port_(port), options_(options), tls_(tls) {}
 
   ~RedisNode() {
-    for (redisContext* context : idle_)
-      if (context != nullptr) redisFree(context);
+    for (RedisConnection* connection : idle_) CloseConnection(connection);
   }
 
   const std::string& address() const { return address_; }
   const std::string& host() const { return host_; }
 
   // Takes an idle connection (nullptr: not open yet), waiting while all are busy.
-  redisContext* Checkout() {
+  RedisConnection* Checkout() {
     std::unique_lock<std::mutex> lock(mutex_);
     available_.wait(lock, [&] { return !idle_.empty() || leased_ + static_cast<int64_t>(idle_.size()) <
                                                              options_->connections_per_node; });
     ++leased_;
     if (idle_.empty()) return nullptr;
-    redisContext* context = idle_.back();
+    RedisConnection* connection = idle_.back();
     idle_.pop_back();
-    return context;
+    return connection;
   }
 
   // Gives a connection back; a broken one is closed here.
-  void Return(redisContext* context, bool healthy) {
-    if (context != nullptr && (!healthy || context->err != 0)) {
-      redisFree(context);
-      context = nullptr;
+  void Return(RedisConnection* connection, bool healthy) {
+    if (connection != nullptr && (!healthy || connection->context->err != 0)) {
+      CloseConnection(connection);
+      connection = nullptr;
     }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       --leased_;
       // A closed connection frees its pool place; it is reopened on demand.
-      if (context != nullptr) idle_.push_back(context);
+      if (connection != nullptr) idle_.push_back(connection);
     }
     available_.notify_one();
   }
 
-  // Opens and authenticates a connection. Throws kUnavailable if the server
-  // cannot be reached in time, kInvalidArgument if it refuses the credentials.
-  redisContext* Open() const {
+  // Opens and authenticates a connection (with TLS: handshakes first). Throws
+  // kUnavailable if the server cannot be reached in time, kInvalidArgument if
+  // it refuses the credentials or its certificate does not verify.
+  RedisConnection* Open() const {
     redisContext* context = redisConnectWithTimeout(host_.c_str(), port_, ToTimeval(options_->connect_timeout_ms));
     if (context == nullptr) ThrowUnavailable(address_, "cannot allocate a connection");
     if (context->err != 0) {
@@ -220,14 +598,25 @@ class RedisNode {
       ThrowUnavailable(address_, "cannot connect (" + why + "; connect timeout " +
                                      std::to_string(options_->connect_timeout_ms) + " ms)");
     }
+    auto* connection = new RedisConnection{context, nullptr};
+    if (tls_ != nullptr) {
+      redisSetTimeout(context, ToTimeval(options_->connect_timeout_ms));  // the handshake's limit
+      try {
+        connection->ssl = tls_->Handshake(context, address_, host_);
+      } catch (...) {
+        CloseConnection(connection);
+        throw;
+      }
+    }
     redisSetTimeout(context, ToTimeval(options_->command_timeout_ms));
     redisEnableKeepAlive(context);
-    if (!options_->password.empty()) Authenticate(context);
-    return context;
+    if (!options_->password.empty()) Authenticate(connection);
+    return connection;
   }
 
  private:
-  void Authenticate(redisContext* context) const {
+  void Authenticate(RedisConnection* connection) const {
+    redisContext* context = connection->context;
     // "AUTH <password>" also works on servers older than 6 (no ACL users).
     std::vector<const char*> argv = {"AUTH"};
     std::vector<size_t> lens = {4};
@@ -237,17 +626,17 @@ class RedisNode {
     }
     argv.push_back(options_->password.data());
     lens.push_back(options_->password.size());
-    auto* raw = static_cast<redisReply*>(
-        redisCommandArgv(context, static_cast<int>(argv.size()), argv.data(), lens.data()));
+    auto* raw = RunCommand(connection, static_cast<int>(argv.size()), argv.data(), lens.data());
     RedisReplyPtr reply(raw);
     if (reply == nullptr) {
       const std::string why = context->errstr;
-      redisFree(context);
-      ThrowUnavailable(address_, "no answer to AUTH (" + why + ")");
+      const std::string hint = FirstExchangeHint(connection, *options_);
+      CloseConnection(connection);
+      ThrowUnavailable(address_, "no answer to AUTH (" + why + ")" + hint);
     }
     if (RedisReplyIsError(*reply)) {
       const std::string why(RedisReplyText(*reply));
-      redisFree(context);
+      CloseConnection(connection);
       ThrowInvalidArgument("redis node " + address_ + ": authentication as user '" + options_->user_name +
                            "' failed (" + why + "); check user_name and password in the config's volatile_db (or, for "
                            "the update streams, update_source)");
@@ -258,10 +647,11 @@ class RedisNode {
   const std::string host_;
   const int port_;
   const RedisClientOptions* options_;
+  const RedisTls* tls_;  // null without TLS
 
   std::mutex mutex_;
   std::condition_variable available_;
-  std::vector<redisContext*> idle_;
+  std::vector<RedisConnection*> idle_;
   int64_t leased_ = 0;
 };
 
@@ -271,36 +661,36 @@ namespace {
 // return unless the exchange completed (so no stale reply can be read later).
 class Lease {
  public:
-  explicit Lease(RedisNode* node) : node_(node), context_(node->Checkout()) {}
+  explicit Lease(RedisNode* node) : node_(node), connection_(node->Checkout()) {}
   ~Lease() {
-    if (node_ != nullptr) node_->Return(context_, clean_);
+    if (node_ != nullptr) node_->Return(connection_, clean_);
   }
   Lease(const Lease&) = delete;
   Lease& operator=(const Lease&) = delete;
   Lease(Lease&& other) noexcept
-      : node_(other.node_), context_(std::exchange(other.context_, nullptr)), clean_(other.clean_) {
+      : node_(other.node_), connection_(std::exchange(other.connection_, nullptr)), clean_(other.clean_) {
     other.node_ = nullptr;
   }
 
   RedisNode* node() const { return node_; }
 
   // The open connection (opening it if needed; throws like RedisNode::Open).
-  redisContext* context() {
-    if (context_ == nullptr) context_ = node_->Open();
-    return context_;
+  RedisConnection* connection() {
+    if (connection_ == nullptr) connection_ = node_->Open();
+    return connection_;
   }
 
-  // Closes the connection; the next context() reopens it.
+  // Closes the connection; the next connection() reopens it.
   void Reset() {
-    if (context_ != nullptr) redisFree(context_);
-    context_ = nullptr;
+    CloseConnection(connection_);
+    connection_ = nullptr;
   }
 
   void set_clean(bool clean) { clean_ = clean; }
 
  private:
   RedisNode* node_;
-  redisContext* context_;
+  RedisConnection* connection_;
   bool clean_ = true;
 };
 
@@ -322,16 +712,21 @@ struct Item {
 };
 
 // Appends and flushes every item; false on an I/O error.
-bool SendItems(redisContext* context, const std::vector<Item>& items) {
+bool SendItems(RedisConnection* connection, const std::vector<Item>& items) {
+  redisContext* context = connection->context;
   const char* asking_argv[] = {"ASKING"};
   const size_t asking_len[] = {6};
   std::vector<const char*> argv;
   std::vector<size_t> lens;
   size_t pending = 0;
   auto flush = [&]() {
-    int done = 0;
-    while (!done)
-      if (redisBufferWrite(context, &done) != REDIS_OK) return false;
+    if (connection->ssl != nullptr) {
+      if (!TlsFlush(connection)) return false;
+    } else {
+      int done = 0;
+      while (!done)
+        if (redisBufferWrite(context, &done) != REDIS_OK) return false;
+    }
     pending = 0;
     return true;
   };
@@ -354,15 +749,15 @@ bool SendItems(redisContext* context, const std::vector<Item>& items) {
 }
 
 // Reads one reply per item (discarding ASKING's); false on an I/O error.
-bool ReceiveItems(redisContext* context, const std::vector<Item>& items, std::vector<RedisReplyPtr>* replies,
+bool ReceiveItems(RedisConnection* connection, const std::vector<Item>& items, std::vector<RedisReplyPtr>* replies,
                   const RedisClusterClient::ReplyConsumer* consume) {
   for (const Item& item : items) {
     void* raw = nullptr;
     if (item.asking) {
-      if (redisGetReply(context, &raw) != REDIS_OK) return false;
+      if (GetReply(connection, &raw) != REDIS_OK) return false;
       freeReplyObject(raw);
     }
-    if (redisGetReply(context, &raw) != REDIS_OK) return false;
+    if (GetReply(connection, &raw) != REDIS_OK) return false;
     RedisReplyPtr reply(static_cast<redisReply*>(raw));
     if (consume != nullptr && !RedisReplyIsError(*reply)) {
       (*replies)[item.index].reset();  // drop an earlier round's redirection
@@ -385,9 +780,9 @@ void RetryOnFreshConnection(Lease* lease, const std::vector<Item>& items, std::v
                             const RedisClientOptions& options, const RedisClusterClient::ReplyConsumer* consume) {
   lease->set_clean(false);
   lease->Reset();
-  redisContext* context = lease->context();
-  if (!SendItems(context, items) || !ReceiveItems(context, items, replies, consume))
-    ThrowUnavailable(lease->node()->address(), FailureText(context, options.command_timeout_ms));
+  RedisConnection* connection = lease->connection();
+  if (!SendItems(connection, items) || !ReceiveItems(connection, items, replies, consume))
+    ThrowUnavailable(lease->node()->address(), FailureText(connection->context, options.command_timeout_ms));
   lease->set_clean(true);
 }
 
@@ -398,6 +793,7 @@ void RetryOnFreshConnection(Lease* lease, const std::vector<Item>& items, std::v
 RedisClusterClient::RedisClusterClient(RedisClientOptions options)
     : options_(std::move(options)), slot_owner_(kRedisSlotCount, nullptr) {
   if (options_.seeds.empty()) ThrowInvalidArgument("volatile_db.address: no server given");
+  if (options_.enable_tls) tls_ = std::make_unique<RedisTls>(options_);
   RefreshTopology();
 }
 
@@ -411,7 +807,7 @@ RedisNode* RedisClusterClient::NodeAt(const std::string& address) {
     int port = 0;
     if (!SplitHostPort(address, &host, &port))
       throw HpsError(ErrorCode::kInternal, "redis: cannot parse node address '" + address + "'");
-    slot = std::make_unique<RedisNode>(address, host, port, &options_);
+    slot = std::make_unique<RedisNode>(address, host, port, &options_, tls_.get());
   }
   return slot.get();
 }
@@ -455,10 +851,17 @@ bool RedisClusterClient::LoadSlotsFrom(RedisNode* node, std::string* error) {
   Lease lease(node);
   RedisReplyPtr reply;
   try {
-    redisContext* context = lease.context();
-    reply.reset(static_cast<redisReply*>(redisCommand(context, "CLUSTER SLOTS")));
+    RedisConnection* connection = lease.connection();
+    if (connection->ssl == nullptr) {
+      reply.reset(static_cast<redisReply*>(redisCommand(connection->context, "CLUSTER SLOTS")));
+    } else {
+      const char* argv[] = {"CLUSTER", "SLOTS"};
+      const size_t lens[] = {7, 5};
+      reply.reset(RunCommand(connection, 2, argv, lens));
+    }
     if (reply == nullptr) {
-      *error = "redis node " + node->address() + ": " + FailureText(context, options_.command_timeout_ms);
+      *error = "redis node " + node->address() + ": " + FailureText(connection->context, options_.command_timeout_ms) +
+               FirstExchangeHint(connection, options_);
       lease.set_clean(false);
       return false;
     }
@@ -529,14 +932,15 @@ void RedisClusterClient::RunRound(const std::vector<const RedisCommand*>& comman
   for (auto& [address, group] : groups) {
     Lease& lease = leases[g];
     lease.set_clean(false);
-    sent[g] = SendItems(lease.context(), group.second);
+    sent[g] = SendItems(lease.connection(), group.second);
     ++g;
   }
   g = 0;
   for (auto& [address, group] : groups) {
     Lease& lease = leases[g];
-    redisContext* context = lease.context();
-    if (sent[g] && ReceiveItems(context, group.second, replies, consume)) {
+    RedisConnection* connection = lease.connection();
+    redisContext* context = connection->context;
+    if (sent[g] && ReceiveItems(connection, group.second, replies, consume)) {
       lease.set_clean(true);
     } else if (IsTimeout(context)) {
       ThrowUnavailable(address, FailureText(context, options_.command_timeout_ms));
@@ -629,8 +1033,9 @@ std::vector<RedisReplyPtr> RedisClusterClient::ExecuteOn(const std::string& node
   for (size_t i = 0; i < commands.size(); ++i) items.push_back(Item{&commands[i], i, false});
   Lease lease(NodeAt(node_address));
   lease.set_clean(false);
-  redisContext* context = lease.context();
-  if (SendItems(context, items) && ReceiveItems(context, items, &replies, nullptr)) {
+  RedisConnection* connection = lease.connection();
+  redisContext* context = connection->context;
+  if (SendItems(connection, items) && ReceiveItems(connection, items, &replies, nullptr)) {
     lease.set_clean(true);
   } else if (IsTimeout(context)) {
     ThrowUnavailable(node_address, FailureText(context, options_.command_timeout_ms));

@@ -1,7 +1,8 @@
 // A small Redis Cluster client on libhiredis 0.14 (synchronous contexts,
 // binary-safe pipelining): slot routing, topology discovery, MOVED/ASK
 // redirections and a connection pool per node. A standalone server (cluster
-// support disabled) works too: it owns every slot.
+// support disabled) works too: it owns every slot. Optionally over TLS
+// (OpenSSL; hiredis 0.14 has none): see the design note in redis_client.cc.
 //
 // Used by the redis_cluster volatile database (storage/redis_cluster_backend.h);
 // it knows nothing about tables or the key layout.
@@ -81,6 +82,24 @@ struct RedisClientOptions {
   int64_t connections_per_node = 5;
   int64_t connect_timeout_ms = 1000;
   int64_t command_timeout_ms = 5000;
+
+  // TLS. With enable_tls, every connection is a TCP connect followed by a TLS
+  // (1.2 or newer) handshake that verifies the server's certificate, and all
+  // its traffic (AUTH included) is encrypted.
+  bool enable_tls = false;
+  // PEM file (or folder of hashed PEM files) of the CAs trusted to sign the
+  // servers' certificates; empty: the system's default trust store.
+  std::string tls_ca_certificate;
+  // PEM client certificate (chain) and its private key, for servers with
+  // tls-auth-clients; an empty certificate means none (the key is then ignored).
+  std::string tls_client_certificate;
+  std::string tls_client_key;
+  // Sent as SNI and verified against the server certificate's names; empty:
+  // the node's host (name or IP address) from the address it was reached at.
+  std::string tls_server_name;
+  // The config section the settings came from ("volatile_db",
+  // "update_source"), for error messages that name config keys.
+  std::string config_section = "volatile_db";
 };
 
 // Parses "host:port[,host:port...]" (spaces ignored, port 6379 if omitted).
@@ -88,6 +107,7 @@ struct RedisClientOptions {
 std::vector<std::string> ParseRedisSeeds(const std::string& address);
 
 class RedisNode;
+class RedisTls;
 
 // Routes commands to the cluster's masters. Thread-safe: concurrent callers
 // use different pooled connections.
@@ -95,7 +115,10 @@ class RedisClusterClient {
  public:
   // Connects to the first seed that answers and reads the slot map. Throws
   // HpsError: kUnavailable if no seed answers in time (naming every seed
-  // tried), kInvalidArgument if authentication fails.
+  // tried), kInvalidArgument if authentication fails. With TLS also:
+  // kNotFound if a certificate or key file cannot be read, kInvalidArgument
+  // if one holds nothing OpenSSL can load (both name the file and the config
+  // key) or if a server's certificate does not verify.
   explicit RedisClusterClient(RedisClientOptions options);
   ~RedisClusterClient();
 
@@ -143,6 +166,7 @@ class RedisClusterClient {
                 std::vector<RedisReplyPtr>* replies, const ReplyConsumer* consume);
 
   const RedisClientOptions options_;
+  std::unique_ptr<RedisTls> tls_;  // null without TLS
 
   mutable std::mutex nodes_mutex_;  // guards nodes_ (nodes are never removed)
   std::map<std::string, std::unique_ptr<RedisNode>> nodes_;

@@ -136,10 +136,6 @@ RedisClusterBackend::RedisClusterBackend(const VolatileDbConfig& config)
       overflow_target_(TargetRows(config)),
       policy_(ParsePolicy(config.overflow_policy)),
       track_metadata_(config.overflow_margin != UINT64_MAX && policy_ != Policy::kRandom) {
-  if (config.enable_tls)
-    throw HpsError(ErrorCode::kUnimplemented,
-                   "volatile_db.enable_tls: this build's hiredis (0.14) has no TLS support; "
-                   "reach Redis through a TLS proxy (e.g. stunnel) and set enable_tls to false");
   if (num_partitions_ < 1) ThrowInvalidArgument("volatile_db.num_partitions must be at least 1");
   if (max_batch_size_ < 1) ThrowInvalidArgument("volatile_db.max_batch_size must be at least 1");
   if (config.num_node_connections < 1) ThrowInvalidArgument("volatile_db.num_node_connections must be at least 1");
@@ -150,6 +146,12 @@ RedisClusterBackend::RedisClusterBackend(const VolatileDbConfig& config)
   options.connections_per_node = config.num_node_connections;
   options.connect_timeout_ms = kConnectTimeoutMs;
   options.command_timeout_ms = kCommandTimeoutMs;
+  options.enable_tls = config.enable_tls;
+  options.tls_ca_certificate = config.tls_ca_certificate;
+  options.tls_client_certificate = config.tls_client_certificate;
+  options.tls_client_key = config.tls_client_key;
+  options.tls_server_name = config.tls_server_name_identification;
+  options.config_section = "volatile_db";
   client_ = std::make_unique<RedisClusterClient>(std::move(options));
 }
 

@@ -22,8 +22,8 @@ class RedisClusterBackend : public DatabaseBackend {
  public:
   // Connects to the first server of `config.address` that answers and reads
   // the cluster's slot map. Throws HpsError: kUnavailable if no server
-  // answers, kInvalidArgument for a bad address or rejected credentials,
-  // kUnimplemented if TLS is asked for.
+  // answers, kInvalidArgument for a bad address or rejected credentials;
+  // with enable_tls, as RedisClusterClient's constructor for TLS failures.
   explicit RedisClusterBackend(const VolatileDbConfig& config);
   ~RedisClusterBackend() override;
 

@@ -508,8 +508,9 @@ def test_a_server_that_goes_away_fails_calls_naming_its_address(tmp_path):
     assert time.monotonic() - start < 3
 
 
-def test_tls_is_reported_unavailable_in_this_build(redis_standalone):
-    with pytest.raises(NotImplementedError, match="enable_tls"):
+def test_tls_with_the_default_ca_file_missing_names_the_file_and_key(redis_standalone):
+    """TLS is built (tests/test_redis_tls.py); HPS's default CA path does not exist here."""
+    with pytest.raises(FileNotFoundError, match=r"volatile_db\.tls_ca_certificate: cannot read 'cacertbundle\.crt'"):
         open_db(redis_standalone, enable_tls=True)
 
 
