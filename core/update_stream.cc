@@ -102,19 +102,11 @@ std::string StreamId::Version() const {
 
 RedisClientOptions UpdateSourceClientOptions(const UpdateSourceConfig& config) {
   RedisClientOptions options;
-  options.seeds = ParseRedisSeeds(config.address);
-  options.user_name = config.user_name.empty() ? "default" : config.user_name;
-  options.password = config.password;
+  options.SetFromSection(config, "update_source");
   options.connections_per_node = 2;
   options.connect_timeout_ms = 1000;
   // A blocking read waits up to poll_timeout_ms before its reply comes.
   options.command_timeout_ms = 5000 + config.poll_timeout_ms;
-  options.enable_tls = config.enable_tls;
-  options.tls_ca_certificate = config.tls_ca_certificate;
-  options.tls_client_certificate = config.tls_client_certificate;
-  options.tls_client_key = config.tls_client_key;
-  options.tls_server_name = config.tls_server_name_identification;
-  options.config_section = "update_source";
   return options;
 }
 

@@ -100,11 +100,31 @@ struct RedisClientOptions {
   // The config section the settings came from ("volatile_db",
   // "update_source"), for error messages that name config keys.
   std::string config_section = "volatile_db";
+
+  // Takes the connection settings every Redis section of the config shares
+  // (volatile_db, update_source: address, user_name, password and the HPS
+  // TLS keys); the section's name goes into error messages.
+  template <class Section>
+  void SetFromSection(const Section& section, const std::string& section_name);
 };
 
 // Parses "host:port[,host:port...]" (spaces ignored, port 6379 if omitted).
 // Throws HpsError(kInvalidArgument) on a malformed entry.
 std::vector<std::string> ParseRedisSeeds(const std::string& address);
+
+template <class Section>
+void RedisClientOptions::SetFromSection(const Section& section, const std::string& section_name) {
+  seeds = ParseRedisSeeds(section.address);
+  user_name = section.user_name.empty() ? "default" : section.user_name;
+  password = section.password;
+  enable_tls = section.enable_tls;
+  tls_ca_certificate = section.tls_ca_certificate;
+  tls_client_certificate = section.tls_client_certificate;
+  tls_client_key = section.tls_client_key;
+  tls_server_name = section.tls_server_name_identification;
+  config_section = section_name;
+}
+
 
 class RedisNode;
 class RedisTls;

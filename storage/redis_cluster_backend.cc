@@ -140,18 +140,10 @@ RedisClusterBackend::RedisClusterBackend(const VolatileDbConfig& config)
   if (max_batch_size_ < 1) ThrowInvalidArgument("volatile_db.max_batch_size must be at least 1");
   if (config.num_node_connections < 1) ThrowInvalidArgument("volatile_db.num_node_connections must be at least 1");
   RedisClientOptions options;
-  options.seeds = ParseRedisSeeds(config.address);
-  options.user_name = config.user_name.empty() ? "default" : config.user_name;
-  options.password = config.password;
+  options.SetFromSection(config, "volatile_db");
   options.connections_per_node = config.num_node_connections;
   options.connect_timeout_ms = kConnectTimeoutMs;
   options.command_timeout_ms = kCommandTimeoutMs;
-  options.enable_tls = config.enable_tls;
-  options.tls_ca_certificate = config.tls_ca_certificate;
-  options.tls_client_certificate = config.tls_client_certificate;
-  options.tls_client_key = config.tls_client_key;
-  options.tls_server_name = config.tls_server_name_identification;
-  options.config_section = "volatile_db";
   client_ = std::make_unique<RedisClusterClient>(std::move(options));
 }
 

@@ -157,15 +157,20 @@ class Callers:
             return sum(1 for start, _ in self.latencies if start >= t0)
 
 
+def cluster_layer(tables, tmp_path, cluster, model: str, rows: int, dim: int):
+    """A LookupLayer over a VDB on `cluster` with every row in a RocksDB behind it, and no L1."""
+    tables.table("t0", rows, dim)
+    config = tables.config(dims=(dim,), model=model, extra_model={"gpucache": False}, extra={
+        "volatile_db": {"type": "redis_cluster", "address": cluster.address, "num_partitions": PARTITIONS},
+        "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb")}})
+    return hps.LookupLayer(model, 0, dim, tf.float32, config)
+
+
 def test_cluster_node_killed_during_lookups_rocksdb_answers_exact_rows(tables, tmp_path):
     rows, dim, model = 4000, 8, "kill_lookup"
     cluster = Cluster(str(tmp_path / "cluster"))
     try:
-        tables.table("t0", rows, dim)
-        config = tables.config(dims=(dim,), model=model, extra_model={"gpucache": False}, extra={
-            "volatile_db": {"type": "redis_cluster", "address": cluster.address, "num_partitions": PARTITIONS},
-            "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb")}})
-        layer = hps.LookupLayer(model, 0, dim, tf.float32, config)
+        layer = cluster_layer(tables, tmp_path, cluster, model, rows, dim)
         expected = tables.dense("t0", 1.5, rows + 499)  # keys past the table get the default
         tag = table_tag(model, "sparse_embedding0")
         victim = 1
@@ -214,11 +219,7 @@ def test_cluster_node_hung_lookups_wait_at_most_the_command_timeout(tables, tmp_
     rows, dim, model = 4000, 8, "hung_lookup"
     cluster = Cluster(str(tmp_path / "cluster"))
     try:
-        tables.table("t0", rows, dim)
-        config = tables.config(dims=(dim,), model=model, extra_model={"gpucache": False}, extra={
-            "volatile_db": {"type": "redis_cluster", "address": cluster.address, "num_partitions": PARTITIONS},
-            "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb")}})
-        layer = hps.LookupLayer(model, 0, dim, tf.float32, config)
+        layer = cluster_layer(tables, tmp_path, cluster, model, rows, dim)
         tag = table_tag(model, "sparse_embedding0")
         with Callers(layer, tables.dense("t0", 1.5, rows + 499)) as callers:
             time.sleep(1.0)
