@@ -22,6 +22,7 @@ Exit status 1 when a target is missed. On a shared machine the figures are indic
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -82,6 +83,26 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def memory_breakdown(stats_of_table) -> dict[str, float]:
+    """MB of memory by holder: glibc malloc's bytes in use and free-but-kept (every arena), of those
+    in use RocksDB's memtables, index/filter blocks and block cache (hps.stats()), and RSS."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    stats = stats_of_table()
+    mb = lambda v: round(v / 2**20, 1)  # noqa: E731
+    return {"rss": mb(rss_bytes()), "malloc_in_use": mb(info.uordblks + info.hblkhd),
+            "malloc_free_kept": mb(info.fordblks),
+            "rocksdb_memtables": mb(stats.get("pdb_memtable_bytes", 0)),
+            "rocksdb_index_filter": mb(stats.get("pdb_index_filter_bytes", 0)),
+            "rocksdb_block_cache": mb(stats.get("pdb_block_cache_bytes", 0))}
 
 
 def percentile(counts: np.ndarray, q: float) -> float:
@@ -211,6 +232,7 @@ def main() -> int:
         warm_at = start + max(args.warmup * duration, min(30.0, duration / 2))
         samples: list[tuple[float, int]] = []  # (seconds since the warm-up ended, RSS bytes)
         stalled = 0
+        breakdown: list[tuple[int, dict]] = []  # (seconds after the warm-up, memory_breakdown())
         while time.monotonic() < start + duration:
             time.sleep(1.0)
             now = time.monotonic()
@@ -219,6 +241,8 @@ def main() -> int:
                 warm_at = now
             if measuring.is_set():
                 samples.append((now - warm_at, rss_bytes()))
+                if len(samples) % 10 == 1:  # about every 10 s
+                    breakdown.append((round(now - warm_at), memory_breakdown(lambda: hps.stats()[tag])))
             stalled = max(stalled, sum(1 for c in callers if c.call_started and now - c.call_started > STALL_S))
             if publisher.poll() is not None:
                 raise RuntimeError(f"the publisher exited early with {publisher.returncode}")
@@ -258,6 +282,8 @@ def main() -> int:
             "l1_hit_pct": round(100 * stats["l1_hits"] / max(stats["keys"], 1), 1),
             # Every 10th sample (about one per 10 s): (seconds after the warm-up, RSS MB).
             "rss_samples": [(round(t), round(r / 2**20, 1)) for t, r in samples[::10]],
+            # About every 10 s: (seconds after the warm-up, MB by holder: see memory_breakdown).
+            "memory_breakdown": breakdown,
         }
         passed = result["errors"] == 0 and growth < GROWTH_TARGET and stats["rows_updated"] > 0
         result["passed"] = passed
@@ -272,6 +298,14 @@ def main() -> int:
               f"{result['rss_slope_mb_per_min']:+.2f} MB/min | {result['errors']} | {result['p50_ms']:.2f} ms | "
               f"{result['p99_ms']:.2f} ms | {result['max_ms']:.0f} ms | {result['calls_per_s']:.0f} | "
               f"{result['keys_per_s']:,} | {result['rows_updated']:,} |")
+        if len(breakdown) >= 2:
+            (t0, first), (t1, last) = breakdown[0], breakdown[-1]
+            print(f"\nmemory by holder, MB, {t0} s and {t1} s after the warm-up:\n")
+            print("| holder | " + " | ".join(first) + " |")
+            print("|---|" + "---:|" * len(first))
+            for label, row in ((f"{t0} s", first), (f"{t1} s", last)):
+                print(f"| {label} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |")
+            print("| change | " + " | ".join(f"{last[k] - first[k]:+.1f}" for k in first) + " |")
         print(f"\ntargets: growth < {GROWTH_TARGET:.0%}, 0 errors: {'PASS' if passed else 'FAIL'}")
         if errors:
             print("first errors:", *errors[:5], sep="\n  ")

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "storage/layout.h"
@@ -47,6 +48,14 @@ class DatabaseBackend {
   // batch over threads: small for in-process memory, unbounded for a server
   // that a single pipelined call already keeps busy.
   virtual int64_t MinRowsPerFetchShard() const { return 1024; }
+
+  // Named figures, in bytes, of the memory this backend holds for `table`
+  // (RocksDB: its memtables, index and filter blocks, and the block cache
+  // that all its tables share). None by default.
+  virtual std::vector<std::pair<std::string, int64_t>> MemoryStats(const std::string& table) const {
+    (void)table;
+    return {};
+  }
 
   // Rows stored for `table` (0 for an unknown table).
   virtual int64_t Size(const std::string& table) const = 0;

@@ -169,6 +169,21 @@ RocksDbBackend::~RocksDbBackend() {
   db_.reset();
 }
 
+std::vector<std::pair<std::string, int64_t>> RocksDbBackend::MemoryStats(const std::string& table) const {
+  std::vector<std::pair<std::string, int64_t>> stats;
+  const Handle cf = FindColumnFamily(table);
+  uint64_t value = 0;
+  if (cf) {
+    if (db_->GetIntProperty(cf.get(), rocksdb::DB::Properties::kSizeAllMemTables, &value))
+      stats.emplace_back("memtable_bytes", static_cast<int64_t>(value));
+    if (db_->GetIntProperty(cf.get(), rocksdb::DB::Properties::kEstimateTableReadersMem, &value))
+      stats.emplace_back("index_filter_bytes", static_cast<int64_t>(value));
+  }
+  if (db_->GetIntProperty(rocksdb::DB::Properties::kBlockCacheUsage, &value))
+    stats.emplace_back("block_cache_bytes", static_cast<int64_t>(value));
+  return stats;
+}
+
 RocksDbBackend::Handle RocksDbBackend::Wrap(rocksdb::ColumnFamilyHandle* handle) {
   rocksdb::DB* db = db_.get();
   return Handle(handle, [db](rocksdb::ColumnFamilyHandle* h) { db->DestroyColumnFamilyHandle(h); });

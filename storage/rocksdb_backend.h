@@ -49,6 +49,10 @@ class RocksDbBackend : public DatabaseBackend {
   // tests, not for the lookup path.
   int64_t MinRowsPerFetchShard() const override { return 4096; }
   int64_t Size(const std::string& table) const override;
+  // memtable_bytes (the table's memtables, live and awaiting flush),
+  // index_filter_bytes (its SST files' index and filter blocks) and
+  // block_cache_bytes (the cache shared by every table of the database).
+  std::vector<std::pair<std::string, int64_t>> MemoryStats(const std::string& table) const override;
   int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) override;
   // Drops the table's column family.
   void EvictTable(const std::string& table) override;

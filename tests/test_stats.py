@@ -84,3 +84,19 @@ def test_evictions_are_counted(tables):
     assert s["cache_rows"] == 64
     assert s["cache_inserted"] == 3000
     assert s["cache_evicted"] == s["cache_inserted"] - s["cache_rows"]
+
+
+def test_rocksdb_memory_is_reported(tables):
+    """The RocksDB figures track the rows held in memory: the table's rows sit in its memtable after
+    loading, and a flush (the server's close) moves them to SST files."""
+    tables.table("t0", 20_000, 16)
+    rocks = str(tables.root) + "/rocksdb"
+    path = tables.config(dims=(16,), model="rocksmem",
+                         extra={"persistent_db": {"type": "rocks_db", "path": rocks}})
+    layer = hps.LookupLayer("rocksmem", 0, 16, tf.float32, path)
+    layer(tf.constant([1, 2, 3], tf.int64))
+    s = hps.stats()[table_tag("rocksmem", "sparse_embedding0")]
+    # 20,000 rows of 8-byte keys and 64-byte values, plus RocksDB's per-entry overhead.
+    assert 20_000 * 72 <= s["pdb_memtable_bytes"] <= 20_000 * 72 * 3, s
+    assert s["pdb_index_filter_bytes"] >= 0 and s["pdb_block_cache_bytes"] >= 0
+    assert "vdb_memtable_bytes" not in s  # the hash map reports none

@@ -68,6 +68,9 @@ def stats() -> dict[str, dict[str, int]]:
     (rows L1 evicted to make room), ``cache_refreshed``, ``cache_rows``,
     and a latency histogram: ``latency_counts[i]`` calls took at most
     ``latency_us_bounds[i]`` microseconds (the last count is unbounded).
+    With RocksDB as the persistent database, also its memory in bytes:
+    ``pdb_memtable_bytes`` and ``pdb_index_filter_bytes`` (the table's) and
+    ``pdb_block_cache_bytes`` (the block cache all its tables share).
 
     Example:
         >>> hps.stats()["hps_et.foo.sparse_embedding0"]["l1_hits"]  # doctest: +SKIP
@@ -83,6 +86,9 @@ def stats() -> dict[str, dict[str, int]]:
                 continue
             for name, value in counters.items():  # the same table in several servers: add up
                 if name == "latency_us_bounds":
+                    continue
+                if name not in table:  # a figure only some servers' tiers report
+                    table[name] = value
                     continue
                 table[name] = [a + b for a, b in zip(table[name], value)] if isinstance(value, list) \
                     else table[name] + value
