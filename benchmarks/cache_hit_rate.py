@@ -121,11 +121,18 @@ def set_limited_holdings(set_of_rank: np.ndarray, ways: int) -> np.ndarray:
     return held
 
 
+def set_of(mix: np.ndarray, num_sets: int) -> np.ndarray:
+    """The set of keys with MixKey `mix` (core/slab_set.h): mix * num_sets / 2^64, in 64-bit pieces."""
+    n = np.uint64(num_sets)  # < 2^32, so no piece overflows
+    hi, lo = mix >> np.uint64(32), mix & np.uint64(0xFFFFFFFF)
+    return ((hi * n + ((lo * n) >> np.uint64(32))) >> np.uint64(32)).astype(np.int64)
+
+
 def check_placement() -> None:
     """The vectorised placement must agree with the library's own."""
     keys = np.r_[np.arange(64), np.random.default_rng(7).integers(0, 1 << 40, 64)].astype(np.int64)
     for num_sets in (1, 157, 15625):
-        mine = (mix_key(keys) >> np.uint64(16)) % np.uint64(num_sets)
+        mine = set_of(mix_key(keys), num_sets)
         theirs = [HostCache.home(int(k), num_sets)[0] for k in keys]
         if mine.astype(np.int64).tolist() != theirs:
             raise SystemExit("set placement of benchmarks/cache_hit_rate.py disagrees with core/key_hash.h")
@@ -165,12 +172,12 @@ def run_job(job: dict) -> dict:
     traffic = Traffic(rows, job["alpha"], batch, job["seed"])
     lib = HostCache.lib()
     caches, limits, set_held = [], [], []
-    mix_of_rank = mix_key(traffic.rank_to_key) >> np.uint64(16)
+    mix_of_rank = mix_key(traffic.rank_to_key)
     for pct in job["sizes"]:
         cache = HostCache(max(1, round(rows * pct / 100)), 1)
         caches.append(cache)
         limits.append(min(cache.capacity, rows))
-        set_held.append(set_limited_holdings((mix_of_rank % np.uint64(cache.num_sets)).astype(np.int64), WAYS))
+        set_held.append(set_limited_holdings(set_of(mix_of_rank, cache.num_sets), WAYS))
 
     seen = np.zeros(rows, bool)
     values = np.zeros((batch, 1), np.float32)

@@ -11,6 +11,7 @@ writes lookup_vs_tf.json there (benchmarks/suite.py reads it).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -25,15 +26,21 @@ import tf_hps as hps
 
 def median_rates(fns, ids, repeats):
     """Median keys/s of each function, timed in turns (A, B, A, B, ...) so that drift in the
-    machine's speed during the run affects both alike."""
+    machine's speed during the run affects both alike. Python's garbage collector is off while
+    timing (as in timeit), so that its passes do not land on one side's calls by chance."""
     for fn in fns:
         fn(ids).numpy()
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, log in zip(fns, times):
-            start = time.perf_counter()
-            fn(ids).numpy()
-            log.append(time.perf_counter() - start)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for fn, log in zip(fns, times):
+                start = time.perf_counter()
+                fn(ids).numpy()
+                log.append(time.perf_counter() - start)
+    finally:
+        gc.enable()
     return [ids.shape.num_elements() / float(np.median(log)) for log in times]
 
 

@@ -60,6 +60,31 @@ class EmbeddingCache {
   void Query(const int64_t* keys, int64_t n, float* values, uint64_t stamp, std::vector<int64_t>* missing,
              const int64_t* value_rows = nullptr);
 
+  // What QueryPositions leaves to the lower tiers.
+  struct PositionMisses {
+    std::vector<int64_t> keys;       // the distinct keys L1 did not hold, each once
+    std::vector<int64_t> positions;  // every position that asked for one of them
+    std::vector<int64_t> key_of;     // for each of those positions, its key's index in `keys`
+    int64_t distinct = 0;            // distinct keys among the positions queried
+    void Clear() {
+      keys.clear();
+      positions.clear();
+      key_of.clear();
+      distinct = 0;
+    }
+  };
+
+  // The L1 part of a lookup, for positions [begin, end) of a batch: writes
+  // the row of every position whose key is cached into values[position]
+  // (values: (batch, dim)), probing the cache once per distinct key (its
+  // later positions copy the row found at its first). Appends the keys not
+  // cached, each once, and their positions to `misses` (which it does not
+  // clear). With `stream`, rows are written with non-temporal stores (for
+  // outputs much larger than the CPU caches). Several threads may query
+  // disjoint ranges of one batch at once.
+  void QueryPositions(const int64_t* keys, int64_t begin, int64_t end, float* values, uint64_t stamp,
+                      PositionMisses* misses, bool stream = false);
+
   // Inserts rows (keys: (n), values: (n, dim)): a cached key gets the new row
   // and a fresh stamp; another takes an empty way of its set, else evicts the
   // least recently used one. Keys should be distinct (the last row wins).
@@ -89,6 +114,20 @@ class EmbeddingCache {
   class SetLock;
   // Computes the home of `key` and starts loading its lock and first slab.
   slab::Home Prefetch(int64_t key) const;
+  void PrefetchSet(slab::Home home) const;
+  // The first two stages of a query of `key`, read optimistically: finds its
+  // way (-1: not cached), refreshes its stamp and starts loading its row.
+  // Returns the way; *seq is the set's sequence word it read.
+  int FindOptimistic(int64_t key, slab::Home home, uint64_t stamp, uint32_t* seq);
+  // The last stage: copies the row of `way` (if >= 0) to dest and checks the
+  // set did not change since *seq was read; redoes the probe under the set's
+  // lock if it did. True if the key is cached.
+  bool CopyChecked(int64_t key, slab::Home home, int way, uint32_t seq, uint64_t stamp, float* dest, bool stream);
+  // Row copies of QueryPositions: whether rows into `values` can be streamed
+  // (16-byte aligned rows), one row, and the fence after streamed rows.
+  bool CanStream(const float* values) const;
+  void CopyRow(float* dest, const float* source, bool stream) const;
+  static void StreamFence();
 
   const int64_t dim_;
   const int64_t num_sets_;

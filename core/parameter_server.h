@@ -170,11 +170,19 @@ class ParameterServer {
 
   // One log line per table with its counters.
   void LogStats() const;
+  // The tiers' memory figures of one table as JSON fields, each followed by ", ".
+  std::string MemoryFields(const std::string& tag) const;
 
   // Puts rows fetched below L1 into the cache with the batch's LRU stamp:
   // inline for a batch whose L1
   // hit rate is below the table's hit_rate_threshold, else on the background
   // inserter (dropped if its queue is full). Takes the vectors' contents.
+  // Lookup with L1: the cache for every position, the databases for the keys it missed.
+  void LookupThroughCache(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
+                          const ParallelFor& parallel_for) const;
+  // Lookup without L1: each distinct key from the databases.
+  void LookupDatabases(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
+                       const ParallelFor& parallel_for) const;
   void InsertIntoCache(const EmbeddingTable& table, double hit_rate, uint64_t stamp, uint64_t epoch_seen,
                        std::vector<int64_t>* keys, std::vector<float>* rows) const;
 

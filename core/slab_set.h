@@ -7,8 +7,9 @@
 // reserved and every int64 key (-1 and INT64_MAX included) can be cached.
 // Callers sign-extend int32 keys to int64.
 //
-// Placement. MixKey(key) picks the set (bits 16 and up, modulo num_sets) and
-// the slab probed first (bit 0); the probe then goes on to the other slab.
+// Placement. MixKey(key) picks the set (its high bits: mix * num_sets / 2^64,
+// a multiply instead of a division) and the slab probed first (bit 0); the
+// probe then goes on to the other slab.
 //
 // Invariant. An insert takes the first empty way in probe order, and ways
 // are never emptied again, so a key sits in its second slab only if its
@@ -54,9 +55,19 @@ struct Home {
   int first_slab;
 };
 
+// The home of the key whose MixKey is `mix`.
+TF_HPS_HOST_DEVICE inline Home HomeOfMix(uint64_t mix, int64_t num_sets) {
+#ifdef __CUDA_ARCH__
+  const uint64_t set = __umul64hi(mix, static_cast<uint64_t>(num_sets));
+#else
+  const uint64_t set =
+      static_cast<uint64_t>((static_cast<unsigned __int128>(mix) * static_cast<uint64_t>(num_sets)) >> 64);
+#endif
+  return {static_cast<int64_t>(set), static_cast<int>(mix & 1)};
+}
+
 TF_HPS_HOST_DEVICE inline Home HomeOf(int64_t key, int64_t num_sets) {
-  const uint64_t mix = MixKey(static_cast<uint64_t>(key));
-  return {static_cast<int64_t>((mix >> 16) % static_cast<uint64_t>(num_sets)), static_cast<int>(mix & 1)};
+  return HomeOfMix(MixKey(static_cast<uint64_t>(key)), num_sets);
 }
 
 TF_HPS_HOST_DEVICE inline int LowestLane(uint32_t mask) {  // mask != 0

@@ -2,13 +2,13 @@
 // (ops/cuda/gpu_cache_c_api.h), for tests and benchmarks through ctypes,
 // without TensorFlow. Like the GPU cache, each query and each replace call is
 // one batch: one tick of the LRU clock.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "core/embedding_cache.h"
 #include "core/slab_set.h"
-#include "core/unique_keys.h"
 
 using tf_hps::EmbeddingCache;
 
@@ -50,6 +50,24 @@ int64_t hps_cache_host_query_at(void* cache, const int64_t* keys, int64_t n, flo
   c->Query(keys, n, values, stamp, &missing);
   if (!missing.empty()) std::memcpy(missing_index, missing.data(), missing.size() * sizeof(int64_t));
   return static_cast<int64_t>(missing.size());
+}
+
+// EmbeddingCache::QueryPositions of positions [begin, end) of a batch of n
+// keys (values: (n, dim)) with the given stamp. The keys missed go to
+// miss_keys (n), their positions to miss_positions (n) and each position's
+// index into miss_keys to miss_key_of (n). counts (3 int64): missed keys,
+// missed positions, distinct keys of the range.
+void hps_cache_host_query_positions(void* cache, const int64_t* keys, int64_t begin, int64_t end, float* values,
+                                    uint64_t stamp, int64_t* miss_keys, int64_t* miss_positions,
+                                    int64_t* miss_key_of, int64_t* counts) {
+  EmbeddingCache::PositionMisses misses;
+  static_cast<EmbeddingCache*>(cache)->QueryPositions(keys, begin, end, values, stamp, &misses);
+  std::copy(misses.keys.begin(), misses.keys.end(), miss_keys);
+  std::copy(misses.positions.begin(), misses.positions.end(), miss_positions);
+  std::copy(misses.key_of.begin(), misses.key_of.end(), miss_key_of);
+  counts[0] = static_cast<int64_t>(misses.keys.size());
+  counts[1] = static_cast<int64_t>(misses.positions.size());
+  counts[2] = misses.distinct;
 }
 
 void hps_cache_host_replace_at(void* cache, const int64_t* keys, int64_t n, const float* values, uint64_t stamp) {
@@ -104,56 +122,42 @@ int hps_cache_host_dense_fetch(void* ctx, const int64_t* keys, int64_t m, float*
 }
 
 // The CPU lookup path on one thread, the baseline of benchmarks/gpu_lookup.py
-// and the host twin of hps_gpu_lookup_query: dedup (core/unique_keys.h) ->
-// L1 query of the distinct keys -> their misses from `table` (through
-// hps_cache_host_dense_fetch, as the GPU pipeline's benchmark does) ->
-// Replace of the rows found, with the batch's stamp -> each position copies
-// its key's row. counts (5 int64): keys, l1_hits, missed_keys, inserted,
-// evicted. Scratch is per thread and reused.
+// and the host twin of hps_gpu_lookup_query, as ParameterServer runs it: L1
+// query of every position (EmbeddingCache::QueryPositions: each distinct key
+// probed once) -> the missed keys from `table` (through
+// hps_cache_host_dense_fetch, as the GPU pipeline's benchmark does) -> their
+// rows to their positions -> Replace of the rows found, with the batch's
+// stamp. counts (5 int64): keys, l1_hits, missed_keys, inserted, evicted.
+// Scratch is per thread and reused.
 void hps_cache_host_lookup(void* cache, const int64_t* keys, int64_t n, float* out, const DenseTable* table,
                            int64_t* counts) {
   auto* c = static_cast<EmbeddingCache*>(cache);
   const int64_t dim = c->dim();
   const size_t row_bytes = dim * sizeof(float);
-  thread_local tf_hps::UniqueKeys unique;
-  thread_local std::vector<float> rows, fetched, insert_rows;
-  thread_local std::vector<int64_t> missing, missed_keys, insert_keys;
+  thread_local EmbeddingCache::PositionMisses misses;
+  thread_local std::vector<float> fetched, insert_rows;
+  thread_local std::vector<int64_t> insert_keys;
   thread_local std::vector<int8_t> found;
-  thread_local std::vector<char> missed;
-  tf_hps::Dedup(keys, n, &unique);
-  const int64_t u = static_cast<int64_t>(unique.keys.size());
-  rows.resize(u * dim);
-  missing.clear();
+  misses.Clear();
   const uint64_t stamp = c->NextStamp();
-  c->Query(unique.keys.data(), u, rows.data(), stamp, &missing);
-  const int64_t m = static_cast<int64_t>(missing.size());
-  missed.assign(u, 0);
-  missed_keys.resize(m);
-  for (int64_t j = 0; j < m; ++j) {
-    missed[missing[j]] = 1;
-    missed_keys[j] = unique.keys[missing[j]];
-  }
+  c->QueryPositions(keys, 0, n, out, stamp, &misses);
+  const int64_t m = static_cast<int64_t>(misses.keys.size());
   fetched.resize(m * dim);
   found.resize(m);
-  if (m > 0) hps_cache_host_dense_fetch(const_cast<DenseTable*>(table), missed_keys.data(), m, fetched.data(),
+  if (m > 0) hps_cache_host_dense_fetch(const_cast<DenseTable*>(table), misses.keys.data(), m, fetched.data(),
                                         found.data());
+  const int64_t missed_positions = static_cast<int64_t>(misses.positions.size());
+  for (int64_t p = 0; p < missed_positions; ++p)
+    std::memcpy(out + misses.positions[p] * dim, fetched.data() + misses.key_of[p] * dim, row_bytes);
   insert_keys.clear();
   insert_rows.clear();
   for (int64_t j = 0; j < m; ++j) {
-    const float* row = fetched.data() + j * dim;
-    std::memcpy(rows.data() + missing[j] * dim, row, row_bytes);
     if (!found[j]) continue;
-    insert_keys.push_back(missed_keys[j]);
-    insert_rows.insert(insert_rows.end(), row, row + dim);
+    insert_keys.push_back(misses.keys[j]);
+    insert_rows.insert(insert_rows.end(), fetched.data() + j * dim, fetched.data() + (j + 1) * dim);
   }
   const int64_t inserted = static_cast<int64_t>(insert_keys.size());
   const int64_t evicted = inserted > 0 ? c->Replace(insert_keys.data(), inserted, insert_rows.data(), stamp) : 0;
-  int64_t missed_positions = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t j = unique.index[i];
-    missed_positions += missed[j];
-    std::memcpy(out + i * dim, rows.data() + j * dim, row_bytes);
-  }
   counts[0] = n;
   counts[1] = n - missed_positions;
   counts[2] = m;

@@ -43,7 +43,7 @@ def mix_key(key: int) -> int:
 def home(key: int, num_sets: int) -> tuple[int, int]:
     """(set, first slab) of a key."""
     mix = mix_key(key)
-    return (mix >> 16) % num_sets, mix & 1
+    return (mix * num_sets) >> 64, mix & 1
 
 
 class SlabSetModel:
@@ -156,6 +156,7 @@ class HostCache:
             lib.hps_cache_host_next_stamp.argtypes = [vp]
             lib.hps_cache_host_query_at.restype = i64
             lib.hps_cache_host_query_at.argtypes = [vp, vp, i64, vp, vp, ctypes.c_uint64]
+            lib.hps_cache_host_query_positions.argtypes = [vp, vp, i64, i64, vp, ctypes.c_uint64, vp, vp, vp, vp]
             lib.hps_cache_host_replace_at.argtypes = [vp, vp, i64, vp, ctypes.c_uint64]
             lib.hps_cache_host_update.argtypes = [vp, vp, i64, vp]
             lib.hps_cache_host_dump.restype = i64
@@ -186,6 +187,22 @@ class HostCache:
 
     def size(self) -> int:
         return self.lib().hps_cache_host_size(self.handle)
+
+    def next_stamp(self) -> int:
+        """A new batch's stamp (one tick of the LRU clock)."""
+        return self.lib().hps_cache_host_next_stamp(self.handle)
+
+    def query_positions(self, keys, values: np.ndarray, begin: int, end: int, stamp: int):
+        """QueryPositions of keys[begin:end] into values (len(keys), dim): (missed keys, their
+        positions, each position's index into the missed keys, distinct keys of the range)."""
+        keys = np.ascontiguousarray(keys, np.int64)
+        assert values.dtype == np.float32 and values.flags.c_contiguous and values.shape == (len(keys), self.dim)
+        n = max(len(keys), 1)
+        miss_keys, positions, key_of = (np.empty(n, np.int64) for _ in range(3))
+        counts = np.zeros(3, np.int64)
+        self.lib().hps_cache_host_query_positions(self.handle, _ptr(keys), begin, end, _ptr(values), stamp,
+                                                  _ptr(miss_keys), _ptr(positions), _ptr(key_of), _ptr(counts))
+        return miss_keys[:counts[0]], positions[:counts[1]], key_of[:counts[1]], int(counts[2])
 
     def query(self, keys, values: np.ndarray) -> list[int]:
         keys = np.ascontiguousarray(keys, np.int64)

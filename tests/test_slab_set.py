@@ -157,6 +157,43 @@ def test_long_random_operation_sequences_match_the_reference_model(capacity, dim
     assert_same_query(cache, model, pool, dim)
 
 
+@pytest.mark.parametrize("capacity, dim, key_space, seed", [(64, 3, 150, 4), (1000, 2, 3000, 5), (640, 5, 500, 6)])
+def test_query_of_positions_in_ranges_answers_every_position_like_query(capacity, dim, key_space, seed):
+    """The lookup path's query (each range of a batch de-duplicated, each distinct key probed once,
+    repeats copied from the first position) gives every position what the reference model's query
+    gives it, reports each missed key once per range with all its positions, and leaves the same
+    LRU state."""
+    rng = np.random.default_rng(seed)
+    cache, model = HostCache(capacity, dim), SlabSetModel(capacity, dim)
+    pool = np.array(SPECIAL_KEYS + list(range(-key_space // 2, key_space // 2)), np.int64)
+    for step in range(300):
+        n = int(rng.integers(1, 200))
+        keys = rng.choice(pool[:int(rng.integers(2, len(pool)))], n)  # often many repeats
+        if rng.random() < 0.4:
+            rows = rng.standard_normal((n, dim)).astype(np.float32)
+            cache.replace(keys, rows)
+            model.replace(keys, rows)
+            continue
+        want = np.full((n, dim), -7.0, np.float32)
+        got = want.copy()
+        stamp = cache.next_stamp()
+        want_missing = model.query(keys, want)
+        cuts = sorted({0, n, *rng.integers(0, n, int(rng.integers(0, 4))).tolist()})
+        got_missing = []
+        for begin, end in zip(cuts, cuts[1:]):
+            miss_keys, positions, key_of, distinct = cache.query_positions(keys, got, begin, end, stamp)
+            assert distinct == len(np.unique(keys[begin:end]))
+            assert len(np.unique(miss_keys)) == len(miss_keys), "a missed key reported twice in one range"
+            np.testing.assert_array_equal(miss_keys[key_of], keys[positions])
+            assert set(miss_keys) == {int(keys[i]) for i in positions}
+            got_missing += positions.tolist()
+        assert sorted(got_missing) == want_missing, f"step {step}"
+        np.testing.assert_array_equal(got, want)  # hits: the row; misses: untouched
+        if step % 20 == 0:
+            assert cache.dump() == model.dump(), f"step {step}"
+    assert cache.dump() == model.dump()
+
+
 def test_rows_are_never_torn_while_threads_query_replace_and_update_at_once():
     """Writers store rows that are constant (key * 1000 + version); a reader must only ever see
     whole rows: every element equal, and equal to a row once written for that key."""
@@ -190,8 +227,23 @@ def test_rows_are_never_torn_while_threads_query_replace_and_update_at_once():
                 errors.append(f"keys {keys[hit][torn | wrong][:4]} rows {rows[torn | wrong][:2, :4]}")
                 stop.set()
 
+    def position_reader(seed: int):  # the lookup path's query: repeats copied from the first position
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            keys = rng.choice(key_space, 256).astype(np.int64)  # with repeats
+            out = np.full((len(keys), dim), -1.0, np.float32)
+            _, positions, _, _ = cache.query_positions(keys, out, 0, len(keys), cache.next_stamp())
+            hit = np.setdiff1d(np.arange(len(keys)), positions)
+            rows = out[hit]
+            version = rows[:, 0].astype(np.int64) - keys[hit] * 1000
+            bad = (rows != rows[:, :1]).any(axis=1) | (version < 0) | (version >= versions)
+            if bad.any():
+                errors.append(f"keys {keys[hit][bad][:4]} rows {rows[bad][:2, :4]}")
+                stop.set()
+
     threads = [threading.Thread(target=writer, args=(1, False)), threading.Thread(target=writer, args=(2, True)),
-               threading.Thread(target=reader, args=(3,)), threading.Thread(target=reader, args=(4,))]
+               threading.Thread(target=reader, args=(3,)), threading.Thread(target=reader, args=(4,)),
+               threading.Thread(target=position_reader, args=(5,))]
     for t in threads:
         t.start()
     time.sleep(1.5)
