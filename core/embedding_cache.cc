@@ -180,7 +180,7 @@ inline bool EmbeddingCache::CopyChecked(int64_t key, slab::Home home, int way, u
 }
 
 void EmbeddingCache::Query(const int64_t* keys, int64_t n, float* values, uint64_t stamp,
-                           std::vector<int64_t>* missing, const int64_t* value_rows) {
+                           std::vector<int64_t>* missing) {
   // Sets and rows lie at random in memory, so one key at a time would pay a
   // memory latency per key. Instead a key goes through three stages kStage
   // keys apart: prefetch its set; find its way and prefetch its row; copy the
@@ -198,7 +198,7 @@ void EmbeddingCache::Query(const int64_t* keys, int64_t n, float* values, uint64
   for (int64_t i = 0; i < n; ++i) {
     if (i + 2 * kStage < n) homes[(i + 2 * kStage) % kRing] = Prefetch(keys[i + 2 * kStage]);
     if (i + kStage < n) find(i + kStage);
-    float* dest = values + (value_rows ? value_rows[i] : i) * dim_;
+    float* dest = values + i * dim_;
     if (!CopyChecked(keys[i], homes[i % kRing], ways[i % kRing], seqs[i % kRing], stamp, dest, false))
       missing->push_back(i);
   }

@@ -53,12 +53,8 @@ class EmbeddingCache {
 
   // For each key found, copies its row into values[i] (values: (n, dim)) and
   // refreshes its stamp; appends the index of each key not found to `missing`
-  // in increasing order. Rows of missed keys are left untouched. With
-  // `value_rows`, key i's row goes to values[value_rows[i]] instead (the
-  // lookup session writes each distinct key straight into the first output
-  // position that asked for it, saving one copy of every row).
-  void Query(const int64_t* keys, int64_t n, float* values, uint64_t stamp, std::vector<int64_t>* missing,
-             const int64_t* value_rows = nullptr);
+  // in increasing order. Rows of missed keys are left untouched.
+  void Query(const int64_t* keys, int64_t n, float* values, uint64_t stamp, std::vector<int64_t>* missing);
 
   // What QueryPositions leaves to the lower tiers.
   struct PositionMisses {

@@ -43,8 +43,6 @@ void Dedup(const int64_t* keys, int64_t n, UniqueKeys* out) {
   const uint64_t tag = generation << 32;
   out->keys.clear();
   out->keys.reserve(n);
-  out->first.clear();
-  out->first.reserve(n);
   out->index.resize(n);
   for (int64_t i = 0; i < n; ++i) {
     size_t h = MixKey(static_cast<uint64_t>(keys[i])) & mask;
@@ -54,7 +52,6 @@ void Dedup(const int64_t* keys, int64_t n, UniqueKeys* out) {
         j = static_cast<int64_t>(out->keys.size());
         slot[h] = tag | static_cast<uint64_t>(j);
         out->keys.push_back(keys[i]);
-        out->first.push_back(i);
         break;
       }
       j = static_cast<int64_t>(slot[h] & 0xffffffffu);

@@ -14,7 +14,6 @@ namespace tf_hps {
 // input position the index of its key among them.
 struct UniqueKeys {
   std::vector<int64_t> keys;   // (u)
-  std::vector<int64_t> first;  // (u): the first input position of each distinct key
   std::vector<int64_t> index;  // (n), values in [0, u)
 };
 
