@@ -68,7 +68,8 @@ def load_libraries():
     gpu.hps_gpu_lookup_create_dynamic.argtypes = [i64, i64, ctypes.c_int, ctypes.POINTER(vp)]
     gpu.hps_gpu_lookup_create_static.argtypes = [vp, i64, vp, i64, ctypes.c_int, ctypes.POINTER(vp)]
     gpu.hps_gpu_lookup_destroy.argtypes = [vp]
-    gpu.hps_gpu_lookup_query.argtypes = [vp, vp, i64, vp, vp, vp, vp, ctypes.POINTER(Counts)]
+    # (..., fetch, fetch_ctx, guard, guard_ctx, stream, counts): no guard here (NULL: always insert).
+    gpu.hps_gpu_lookup_query.argtypes = [vp, vp, i64, vp, vp, vp, vp, vp, vp, ctypes.POINTER(Counts)]
     gpu.hps_gpu_lookup_query_l1.argtypes = [vp, vp, i64, vp, vp, vp, vp]
     gpu.hps_gpu_lookup_last_error.restype = ctypes.c_char_p
     host.hps_cache_host_create.restype = vp
@@ -147,8 +148,8 @@ def static_benchmark(gpu: Gpu, table: np.ndarray, fetch, ctx, zipf: Zipf, args) 
         def pipeline() -> float:
             counts = Counts()
             t = time.perf_counter()
-            gpu.check(lib.hps_gpu_lookup_query(handle, d_keys, n, d_out, fetch, ctx, None, ctypes.byref(counts)),
-                      "query")
+            gpu.check(lib.hps_gpu_lookup_query(handle, d_keys, n, d_out, fetch, ctx, None, None, None,
+                                               ctypes.byref(counts)), "query")
             gpu.sync()
             return time.perf_counter() - t
 
@@ -183,7 +184,8 @@ def pipeline_benchmark(gpu: Gpu, host, table: np.ndarray, fetch, ctx, dense_ptr,
     def run_gpu(d_keys, n: int) -> tuple[float, Counts]:
         counts = Counts()
         t = time.perf_counter()
-        gpu.check(lib.hps_gpu_lookup_query(handle, d_keys, n, d_out, fetch, ctx, None, ctypes.byref(counts)), "query")
+        gpu.check(lib.hps_gpu_lookup_query(handle, d_keys, n, d_out, fetch, ctx, None, None, None,
+                                           ctypes.byref(counts)), "query")
         gpu.sync()
         return time.perf_counter() - t, counts
 

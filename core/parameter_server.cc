@@ -475,6 +475,18 @@ int64_t ParameterServer::RefreshCaches(const std::string& model) const {
   for (const auto& [name, tables] : tables_) {
     if (!model.empty() && name != model) continue;
     for (const auto& t : tables) {
+      // Caches of other owners (GPU pipelines), outside update_mutex: they
+      // read the databases, which must not hold up updates.
+      std::vector<CacheRefresher> refreshers;
+      {
+        std::lock_guard<std::mutex> lock(t->update_mutex);
+        refreshers = t->cache_refreshers;
+      }
+      for (const CacheRefresher& refresher : refreshers) {
+        const int64_t rows = refresher();
+        refreshed += rows;
+        t->stats.cache_refreshed.fetch_add(rows, std::memory_order_relaxed);
+      }
       if (!t->cache) continue;
       EmbeddingCache& cache = *t->cache;
       const int64_t sets = cache.num_sets();
@@ -531,6 +543,11 @@ void ParameterServer::ApplyUpdate(const EmbeddingTable& table, const int64_t* ke
 void ParameterServer::AddCacheListener(const EmbeddingTable& table, CacheListener listener) const {
   std::lock_guard<std::mutex> lock(table.update_mutex);
   table.cache_listeners.push_back(std::move(listener));
+}
+
+void ParameterServer::AddCacheRefresher(const EmbeddingTable& table, CacheRefresher refresher) const {
+  std::lock_guard<std::mutex> lock(table.update_mutex);
+  table.cache_refreshers.push_back(std::move(refresher));
 }
 
 void ParameterServer::LogStats() const {

@@ -106,9 +106,11 @@ struct EmbeddingTable {
   mutable TableStats stats;
   // Online updates: odd while one is applied (see UpdateGuard); one at a time.
   mutable std::atomic<uint64_t> update_epoch{0};
-  mutable std::mutex update_mutex;  // also guards cache_listeners
+  mutable std::mutex update_mutex;  // also guards cache_listeners and cache_refreshers
   // Caches the server does not own (the GPU pipelines), told of every online update.
   mutable std::vector<std::function<void(const int64_t* keys, int64_t n, const float* rows)>> cache_listeners;
+  // And how to refresh them (RefreshCaches); each returns the rows it refreshed.
+  mutable std::vector<std::function<int64_t()>> cache_refreshers;
 };
 
 class ParameterServer {
@@ -132,8 +134,9 @@ class ParameterServer {
   // rows changed in the databases reach the cache. For one model, or all
   // when `model` is empty. Works through each cache in chunks of
   // cache_refresh_percentage_per_iteration of its sets (all at once when 0).
-  // Returns the rows refreshed. Runs on a timer for models with a
-  // refresh_interval.
+  // The caches the server does not own are refreshed by their refreshers
+  // (AddCacheRefresher). Returns the rows refreshed, theirs included. Runs
+  // on a timer for models with a refresh_interval.
   int64_t RefreshCaches(const std::string& model) const;
 
   // Applies an online update of rows (n, dim) to the table: runs
@@ -150,6 +153,15 @@ class ParameterServer {
   // overwrite the rows it holds. Listeners live as long as the server.
   using CacheListener = std::function<void(const int64_t* keys, int64_t n, const float* rows)>;
   void AddCacheListener(const EmbeddingTable& table, CacheListener listener) const;
+
+  // Registers how to refresh such a cache: RefreshCaches calls it for the
+  // table (outside update_mutex, on RefreshCaches' thread) and adds the rows
+  // it returns to its result and to cache_refreshed. It must read the rows
+  // from the databases (FetchFromDatabases) and keep older rows out of its
+  // cache as the CPU refresh does (UpdateGuard); it may throw HpsError.
+  // Refreshers live as long as the server.
+  using CacheRefresher = std::function<int64_t()>;
+  void AddCacheRefresher(const EmbeddingTable& table, CacheRefresher refresher) const;
 
   // keys: (n) host; out: (n, table.dim) host. Thread-safe.
   void Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,

@@ -352,6 +352,12 @@ FETCH_FAILED = 10001
 INVALID_ARGUMENT = 10002
 FETCH_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
                             ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int8))
+GUARD_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)  # hps_gpu_insert_guard_fn; GUARD_FN() is NULL
+
+
+def guard_fn(guard) -> GUARD_FN:
+    """A Python callable () -> int as an insert guard (None: a NULL guard, which always allows)."""
+    return GUARD_FN() if guard is None else GUARD_FN(lambda ctx: int(guard()))
 
 
 class LookupCounts(ctypes.Structure):
@@ -416,7 +422,9 @@ def device_lib():
         lib.hps_gpu_lookup_create_dynamic.argtypes = [i64, i64, i32, ctypes.POINTER(vp)]
         lib.hps_gpu_lookup_create_static.argtypes = [vp, i64, vp, i64, i32, ctypes.POINTER(vp)]
         lib.hps_gpu_lookup_destroy.argtypes = [vp]
-        lib.hps_gpu_lookup_query.argtypes = [vp, vp, i64, vp, FETCH_FN, vp, vp, ctypes.POINTER(LookupCounts)]
+        lib.hps_gpu_lookup_query.argtypes = [vp, vp, i64, vp, FETCH_FN, vp, GUARD_FN, vp, vp,
+                                             ctypes.POINTER(LookupCounts)]
+        lib.hps_gpu_lookup_refresh.argtypes = [vp, FETCH_FN, vp, GUARD_FN, vp, ctypes.POINTER(i64)]
         lib.hps_gpu_lookup_query_l1.argtypes = [vp, vp, i64, vp, vp, vp, vp]
         lib.hps_gpu_lookup_update.argtypes = [vp, vp, i64, vp]
         lib.hps_gpu_lookup_size.restype = i64
@@ -499,14 +507,14 @@ class GpuLookup:
     def __del__(self):
         self.close()
 
-    def query(self, keys, tiers: NumpyTiers, fill: float = -7.0) -> tuple[np.ndarray, dict]:
-        """(rows (n, dim), counts); raises LookupError_ on failure."""
+    def query(self, keys, tiers: NumpyTiers, fill: float = -7.0, guard=None) -> tuple[np.ndarray, dict]:
+        """(rows (n, dim), counts); raises LookupError_ on failure. guard: see guard_fn."""
         keys = np.ascontiguousarray(keys, self.key_dtype)
         d_keys = DeviceArray(keys)
         d_out = DeviceArray(np.full((len(keys), self.dim), fill, np.float32))
         counts = LookupCounts()
-        code = device_lib().hps_gpu_lookup_query(self.handle, d_keys.ptr, len(keys), d_out.ptr, tiers.fn, None, None,
-                                                 ctypes.byref(counts))
+        code = device_lib().hps_gpu_lookup_query(self.handle, d_keys.ptr, len(keys), d_out.ptr, tiers.fn, None,
+                                                 guard_fn(guard), None, None, ctypes.byref(counts))
         if code != 0:
             raise LookupError_(code, last_error())
         return d_out.get(), counts.as_dict()
@@ -531,6 +539,15 @@ class GpuLookup:
         code = device_lib().hps_gpu_lookup_update(self.handle, _ptr(keys), len(keys), _ptr(rows))
         if code != 0:
             raise LookupError_(code, last_error())
+
+    def refresh(self, tiers: NumpyTiers, guard=None) -> int:
+        """hps_gpu_lookup_refresh through tiers: the rows written; raises LookupError_ on failure."""
+        refreshed = ctypes.c_int64(-1)
+        code = device_lib().hps_gpu_lookup_refresh(self.handle, tiers.fn, None, guard_fn(guard), None,
+                                                   ctypes.byref(refreshed))
+        if code != 0:
+            raise LookupError_(code, last_error())
+        return refreshed.value
 
     def size(self) -> int:
         return device_lib().hps_gpu_lookup_size(self.handle)

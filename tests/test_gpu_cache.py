@@ -23,7 +23,7 @@ C_ABI = ["hps_gpu_cache_device_count", "hps_gpu_error_string", "hps_gpu_cache_cr
          # the lookup pipeline (ops/cuda/gpu_lookup_c_api.h; tests/test_gpu_lookup.py)
          "hps_gpu_lookup_create_dynamic", "hps_gpu_lookup_create_static", "hps_gpu_lookup_destroy",
          "hps_gpu_lookup_query", "hps_gpu_lookup_query_l1", "hps_gpu_lookup_update", "hps_gpu_lookup_size",
-         "hps_gpu_lookup_evicted", "hps_gpu_lookup_last_error"]
+         "hps_gpu_lookup_evicted", "hps_gpu_lookup_last_error", "hps_gpu_lookup_refresh"]
 
 
 def device_count() -> int:

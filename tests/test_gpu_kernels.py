@@ -64,6 +64,16 @@ def test_every_gpu_lookup_function_it_calls_is_exported_by_the_gpu_cache_library
                          "(ops/cuda/gpu_lookup_c_api.h); rebuild it with `make gpu`")
 
 
+def test_it_registers_each_pipeline_for_online_updates_and_refreshes_and_guards_its_insertions():
+    undefined = dynamic_symbols(GPU_OP_LIB, "--undefined-only")
+    # hps_gpu_lookup_update and hps_gpu_lookup_refresh run through the server's listener and
+    # refresher lists (ops/cuda/hps_gpu_kernels.cc, GpuPipelines::GetOrCreate).
+    assert {"hps_gpu_lookup_query", "hps_gpu_lookup_update", "hps_gpu_lookup_refresh"} <= undefined
+    registered = {name for name in undefined if "ParameterServer" in name}
+    assert any("AddCacheListener" in name for name in registered), registered
+    assert any("AddCacheRefresher" in name for name in registered), registered
+
+
 LOAD = """
 import json, sys, numpy as np, tensorflow as tf
 from tensorflow.python.framework import kernels

@@ -15,8 +15,9 @@ import threading
 import numpy as np
 import pytest
 
-from slab_model import (FETCH_FAILED, FETCH_FN, GPU_LIB, INT64_MAX, INT64_MIN, INVALID_ARGUMENT, DeviceArray,
-                        GpuLookup, LookupCounts, LookupError_, NumpyTiers, device_lib, last_error, zipf_keys)
+from slab_model import (FETCH_FAILED, FETCH_FN, GPU_LIB, GUARD_FN, INT64_MAX, INT64_MIN, INVALID_ARGUMENT,
+                        DeviceArray, GpuLookup, LookupCounts, LookupError_, NumpyTiers, device_lib, last_error,
+                        zipf_keys)
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -87,12 +88,31 @@ def test_calls_on_a_null_pipeline_fail_cleanly():
     lib = device_lib()
     counts = LookupCounts(keys=5)
     fetch = FETCH_FN(lambda *args: 0)
-    assert lib.hps_gpu_lookup_query(None, None, 0, None, fetch, None, None, ctypes.byref(counts)) == INVALID_ARGUMENT
+    assert lib.hps_gpu_lookup_query(None, None, 0, None, fetch, None, GUARD_FN(), None, None,
+                                    ctypes.byref(counts)) == INVALID_ARGUMENT
     assert last_error() == "hps_gpu_lookup_query: lookup is NULL" and counts.keys == 0
     assert lib.hps_gpu_lookup_update(None, None, 0, None) == INVALID_ARGUMENT
     assert lib.hps_gpu_lookup_size(None) == -1 and lib.hps_gpu_lookup_evicted(None) == -1
     assert lib.hps_gpu_lookup_query_l1(None, None, 0, None, None, None, None) == INVALID_ARGUMENT
     lib.hps_gpu_lookup_destroy(None)
+
+
+def test_the_guard_and_refresh_of_the_c_abi_refuse_a_null_pipeline_without_touching_a_device():
+    lib = device_lib()
+    assert hasattr(lib, "hps_gpu_lookup_refresh")
+    called = []
+    fetch = FETCH_FN(lambda *args: called.append("fetch") or 0)
+    guard = GUARD_FN(lambda ctx: called.append("guard") or 1)
+    refreshed = ctypes.c_int64(5)
+    assert lib.hps_gpu_lookup_refresh(None, fetch, None, guard, None, ctypes.byref(refreshed)) == INVALID_ARGUMENT
+    assert last_error() == "hps_gpu_lookup_refresh: lookup is NULL" and refreshed.value == 0
+    assert lib.hps_gpu_lookup_refresh(None, FETCH_FN(), None, GUARD_FN(), None, None) == INVALID_ARGUMENT
+    assert last_error() == "hps_gpu_lookup_refresh: lookup is NULL"
+    counts = LookupCounts(inserted=3)
+    assert lib.hps_gpu_lookup_query(None, None, 4, None, fetch, None, guard, None, None,
+                                    ctypes.byref(counts)) == INVALID_ARGUMENT
+    assert last_error() == "hps_gpu_lookup_query: lookup is NULL" and counts.inserted == 0
+    assert called == []  # neither callback is called for a refused call
 
 
 def test_last_error_is_per_thread():
@@ -324,10 +344,16 @@ def test_invalid_query_arguments_are_refused_with_a_message():
              ((keys.ptr, 4, out.ptr, FETCH_FN()), "fetch is NULL: misses need a callback"),
              ((keys.ptr, 2**31, out.ptr, tiers.fn), "at most 2147483647 keys per call, got 2147483648")]
     for (k, n, o, fn), message in cases:
-        assert lib.hps_gpu_lookup_query(lookup.handle, k, n, o, fn, None, None, None) == INVALID_ARGUMENT
+        assert lib.hps_gpu_lookup_query(lookup.handle, k, n, o, fn, None, GUARD_FN(), None, None,
+                                        None) == INVALID_ARGUMENT
         assert last_error() == f"hps_gpu_lookup_query: {message}"
     assert lib.hps_gpu_lookup_update(lookup.handle, None, 3, None) == INVALID_ARGUMENT
     assert last_error() == "hps_gpu_lookup_update: keys is NULL with m = 3"
+    refreshed = ctypes.c_int64(-1)
+    assert lib.hps_gpu_lookup_refresh(lookup.handle, FETCH_FN(), None, GUARD_FN(), None,
+                                      ctypes.byref(refreshed)) == INVALID_ARGUMENT
+    assert last_error() == "hps_gpu_lookup_refresh: fetch is NULL: a refresh reads rows through it"
+    assert refreshed.value == 0
     assert tiers.calls == [] and lookup.size() == 0
     with pytest.raises(LookupError_) as info:
         GpuLookup.static([1, 2], np.zeros((2, 0), np.float32))
@@ -377,6 +403,172 @@ def test_a_full_size_batch_of_65536_x_26_zipf_keys_is_exact(kind):
         out, counts = lookup.query(batch, tiers)
         np.testing.assert_array_equal(out, expected(tiers, batch))
         check_counts(counts, batch, tiers.calls[-1] if counts["missed_keys"] else None, tiers, kind == "static")
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: the insert guard, updates after insertions, refreshes (gpu_lookup_c_api.h, top).
+
+@needs_gpu
+@pytest.mark.parametrize("key_dtype", [np.int64, np.int32])
+def test_a_guard_that_refuses_keeps_the_rows_out_of_the_cache_yet_the_answer_is_exact(key_dtype):
+    rng = np.random.default_rng(11)
+    tiers = random_tiers(rng, np.arange(-500, 1500), 16, default=-1.5)
+    lookup = GpuLookup.dynamic(64 * 256, 16, key_dtype)  # room for every row: no eviction
+    batch = rng.integers(-600, 1600, 5000).astype(key_dtype)  # some keys no tier holds
+    distinct = np.unique(batch.astype(np.int64))
+    held = int(tiers.lookup(distinct)[1].sum())
+    asked = []
+
+    def refuse() -> int:
+        asked.append(len(tiers.calls))  # the fetches done when the guard is asked
+        return 0
+
+    out, counts = lookup.query(batch, tiers, guard=refuse)
+    np.testing.assert_array_equal(out, expected(tiers, batch))
+    assert asked == [1]  # once, after the one fetch
+    assert counts["missed_keys"] == len(distinct) and counts["inserted"] == 0
+    assert lookup.size() == 0
+    _, missing = lookup.query_l1(batch)
+    assert len(missing) == len(batch)
+    # Nothing to insert (only keys no tier holds): the guard is not asked.
+    out, counts = lookup.query(np.array([10**6, -10**6], key_dtype), tiers, guard=refuse)
+    np.testing.assert_array_equal(out, np.full((2, 16), -1.5, np.float32))
+    assert asked == [1] and counts["missed_keys"] == 2 and counts["inserted"] == 0
+    # The same batch again misses again; a guard that allows lets its rows in.
+    allowed = []
+    out, counts = lookup.query(batch, tiers, guard=lambda: allowed.append(len(tiers.calls)) or 1)
+    np.testing.assert_array_equal(out, expected(tiers, batch))
+    assert allowed == [len(tiers.calls)] and counts["missed_keys"] == len(distinct) and counts["inserted"] == held
+    assert lookup.size() == held
+    _, counts = lookup.query(batch, tiers, guard=refuse)
+    assert counts["l1_hits"] == int(np.isin(batch, tiers.keys).sum()) and asked == [1]
+    # A static table never inserts: its guard is never asked.
+    static = GpuLookup.static(tiers.keys[:100], tiers.rows[:100], key_dtype)
+    out, counts = static.query(batch, tiers, guard=refuse)
+    np.testing.assert_array_equal(out, expected(tiers, batch))
+    assert asked == [1] and counts["inserted"] == 0
+
+
+_side_stream: list = []
+
+
+def side_stream() -> ctypes.c_void_p:
+    """A non-blocking CUDA stream of device 0 (one per process, never destroyed), made through the
+    driver API in the primary context, which the pipeline's runtime uses too: work on it is not
+    ordered with the legacy default stream that hps_gpu_lookup_update writes on."""
+    if not _side_stream:
+        try:
+            cuda = ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            pytest.skip("libcuda.so.1 cannot be loaded to create a stream")
+        device, context, stream = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p()
+        if (cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(device), 0)
+                or cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device) or cuda.cuCtxSetCurrent(context)
+                or cuda.cuStreamCreate(ctypes.byref(stream), 1)):  # 1: CU_STREAM_NON_BLOCKING
+            pytest.skip("cannot create a CUDA stream through the driver API")
+        _side_stream.append(stream)
+    return _side_stream[0]
+
+
+@needs_gpu
+@pytest.mark.parametrize("stream_kind", ["default", "non_blocking"])
+def test_an_update_right_after_a_query_overwrites_the_rows_the_query_inserted(stream_kind):
+    lib = device_lib()
+    rng = np.random.default_rng(12)
+    n, dim = 200_000, 128
+    tiers = random_tiers(rng, np.arange(n), dim)
+    lookup = GpuLookup.dynamic(4 * n, dim)  # no eviction
+    stream = None if stream_kind == "default" else side_stream()
+    keys = rng.permutation(n).astype(np.int64)
+    d_keys = DeviceArray(keys)
+    d_out = DeviceArray(np.zeros((n, dim), np.float32), copy=False)
+    counts = LookupCounts()
+    asked = []
+    guard = GUARD_FN(lambda ctx: asked.append(1) or 1)
+    assert lib.hps_gpu_synchronize() == 0  # d_keys is on the device before another stream reads it
+    # The query returns once its insertion is enqueued, before the stream has run it (100 MB of
+    # fetched rows to copy first) ...
+    assert lib.hps_gpu_lookup_query(lookup.handle, d_keys.ptr, n, d_out.ptr, tiers.fn, None, guard, None, stream,
+                                    ctypes.byref(counts)) == 0, last_error()
+    # ... and the update follows at once: on the device it must come after that insertion.
+    updated = keys[:1000]
+    new_rows = 1000.0 + np.arange(len(updated) * dim, dtype=np.float32).reshape(-1, dim)
+    lookup.update(updated, new_rows)
+    assert lib.hps_gpu_synchronize() == 0
+    assert asked == [1] and counts.inserted == n and counts.missed_keys == n
+    np.testing.assert_array_equal(d_out.get(), expected(tiers, keys))  # the answer: the rows as read
+    l1, missing = lookup.query_l1(updated)
+    assert missing == []
+    np.testing.assert_array_equal(l1, new_rows)
+    others = keys[1000:5000]
+    l1, missing = lookup.query_l1(others)
+    assert missing == []
+    np.testing.assert_array_equal(l1, expected(tiers, others))
+
+
+@needs_gpu
+@pytest.mark.parametrize("kind, key_dtype", [("dynamic", np.int64), ("dynamic", np.int32), ("static", np.int64),
+                                             ("static", np.int32)])
+def test_refresh_brings_changed_rows_into_l1_and_a_refusing_guard_makes_it_write_nothing(kind, key_dtype):
+    rng = np.random.default_rng(13)
+    dim = 8
+    table_keys = np.arange(-50_000, 100_000, dtype=np.int64)  # more keys than one refresh chunk (65536)
+    old = random_tiers(rng, table_keys, dim)  # old.rows[i] is the row of table_keys[i] (sorted keys)
+    if kind == "dynamic":
+        lookup = GpuLookup.dynamic(4 * len(table_keys), dim, key_dtype)  # no eviction
+        lookup.query(table_keys.astype(key_dtype), old)
+    else:
+        lookup = GpuLookup.static(table_keys, old.rows, key_dtype)
+    assert lookup.size() == len(table_keys)
+    # The tiers now: rows of even positions changed, every 4th key (from 1) gone, 100 keys L1 never held.
+    gone = table_keys[1::4]
+    kept = np.setdiff1d(table_keys, gone)
+    kept_rows = old.lookup(kept)[0]
+    kept_rows[np.isin(kept, table_keys[::2])] += 100.0
+    extra = np.arange(200_000, 200_100, dtype=np.int64)
+    new = NumpyTiers(np.concatenate([kept, extra]), np.concatenate([kept_rows, np.ones((100, dim), np.float32)]),
+                     -9.0)
+
+    def check_calls() -> None:  # every key L1 holds, once, in chunks of at most 65536 keys
+        assert len(new.calls) >= 3 and max(len(c) for c in new.calls) <= 65536
+        fetched = np.concatenate(new.calls)
+        assert len(fetched) == len(np.unique(fetched)) and np.array_equal(np.sort(fetched), table_keys)
+
+    # A guard that refuses: every chunk is read, asked about after its fetch, and none written.
+    asked = []
+    assert lookup.refresh(new, guard=lambda: asked.append(len(new.calls)) or 0) == 0
+    check_calls()
+    assert asked == list(range(1, len(new.calls) + 1))
+    l1, missing = lookup.query_l1(table_keys.astype(key_dtype))
+    assert missing == []
+    np.testing.assert_array_equal(l1, old.rows)
+    # A guard that allows (then none): the rows some tier holds are written, the others kept.
+    want = old.rows.copy()
+    is_kept = np.isin(table_keys, kept)
+    want[is_kept] = kept_rows
+    for guard in (lambda: 1, None):
+        new.calls.clear()
+        assert lookup.refresh(new, guard=guard) == len(kept)
+        check_calls()
+        l1, missing = lookup.query_l1(table_keys.astype(key_dtype))
+        assert missing == []
+        np.testing.assert_array_equal(l1, want)
+        assert lookup.size() == len(table_keys)  # a refresh inserts nothing
+    _, missing = lookup.query_l1(extra.astype(key_dtype))
+    assert len(missing) == len(extra)
+    # A failing fetch fails the refresh with its code.
+    new.fail = 5
+    with pytest.raises(LookupError_) as info:
+        lookup.refresh(new)
+    assert info.value.code == FETCH_FAILED and "fetch callback failed (returned 5)" in info.value.message
+
+
+@needs_gpu
+def test_refresh_of_a_pipeline_without_l1_or_with_an_empty_cache_fetches_nothing():
+    tiers = NumpyTiers(np.arange(10), np.zeros((10, 4), np.float32))
+    for lookup in (GpuLookup.static(np.zeros(0, np.int64), np.zeros((0, 4), np.float32)), GpuLookup.dynamic(640, 4)):
+        assert lookup.refresh(tiers, guard=lambda: 1) == 0
+        assert tiers.calls == [] and lookup.size() == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,12 @@ constexpr int kThreadsPerBlock = 256;
 constexpr int kLanes = 32;
 constexpr unsigned kAllLanes = 0xffffffffu;
 constexpr int32_t kEmptySlot = -1;  // dedup table: no position yet
+// Refresh: keys per fetch call (and the dynamic cache's sets dumped at once).
+constexpr int64_t kRefreshChunkKeys = 65536;
+constexpr int64_t kCacheWays = 64;  // ways of a set of the dynamic cache (gpu_cache.h)
+// Update and Refresh write (and Refresh dumps) on the legacy default stream,
+// as the synchronous cudaMemcpy calls beside them do, and wait for it.
+const cudaStream_t kWriteStream = cudaStreamLegacy;
 
 // Counts one query produces on the device, copied to the host in one piece.
 struct DeviceCounts {
@@ -189,8 +195,9 @@ struct GpuLookup::Workspace {
   float* host_rows = nullptr;  // pinned (row_capacity, dim)
   int8_t* host_found = nullptr;  // pinned (row_capacity)
 
-  cudaEvent_t done = nullptr;  // recorded after the last call's work
-  bool used = false;           // `done` has been recorded
+  cudaEvent_t done = nullptr;      // recorded after the last call's work
+  bool used = false;               // `done` has been recorded
+  cudaEvent_t inserted = nullptr;  // recorded after the last call's insertion, under insert_mutex_
 
   // Waits for the last call's work (the buffers may still be in use).
   cudaError_t Idle() { return used ? cudaEventSynchronize(done) : cudaSuccess; }
@@ -275,6 +282,7 @@ struct GpuLookup::Workspace {
     FreeKeyBuffers();
     FreeRowBuffers();
     if (done != nullptr) cudaEventDestroy(done);
+    if (inserted != nullptr) cudaEventDestroy(inserted);
   }
 };
 
@@ -318,6 +326,14 @@ GpuLookupStatus GpuLookup::CreateStatic(const int64_t* keys, int64_t n, const fl
                               "creating a static GPU table of " + std::to_string(n) + " rows of " +
                                   std::to_string(dim) + " floats");
   lookup->static_table_.reset(table);
+  // Refresh re-reads these. An int32 pipeline is never asked for a key
+  // outside int32's range, so such rows are not refreshed either.
+  std::vector<int64_t>& held = lookup->static_keys_;
+  for (int64_t i = 0; i < n; ++i) {
+    if (key_bytes == 8 || (keys[i] >= INT32_MIN && keys[i] <= INT32_MAX)) held.push_back(keys[i]);
+  }
+  std::sort(held.begin(), held.end());
+  held.erase(std::unique(held.begin(), held.end()), held.end());
   *out = std::move(lookup);
   return {};
 }
@@ -339,6 +355,8 @@ GpuLookupStatus GpuLookup::AcquireWorkspace(Workspace** out) {
   }
   std::unique_ptr<Workspace> ws(new Workspace());
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&ws->done, cudaEventDisableTiming),
+                              "creating the lookup's CUDA event");
+  TF_HPS_RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&ws->inserted, cudaEventDisableTiming),
                               "creating the lookup's CUDA event");
   *out = ws.get();
   std::lock_guard<std::mutex> lock(pool_mutex_);
@@ -362,7 +380,8 @@ int64_t GpuLookup::NewEvictions(uint64_t total) {
 }
 
 GpuLookupStatus GpuLookup::Query(const void* d_keys, int64_t n, float* d_out, GpuFetchFn fetch, void* fetch_ctx,
-                                 cudaStream_t stream, GpuLookupCounts* counts) {
+                                 GpuInsertGuardFn guard, void* guard_ctx, cudaStream_t stream,
+                                 GpuLookupCounts* counts) {
   *counts = GpuLookupCounts();
   counts->keys = n;
   if (n == 0) return {};
@@ -371,9 +390,11 @@ GpuLookupStatus GpuLookup::Query(const void* d_keys, int64_t n, float* d_out, Gp
   GpuLookupStatus status = AcquireWorkspace(&ws);
   if (!status.ok()) return status;
   if (key_bytes_ == 8) {
-    status = QueryTyped(static_cast<const int64_t*>(d_keys), n, d_out, fetch, fetch_ctx, stream, ws, counts);
+    status = QueryTyped(static_cast<const int64_t*>(d_keys), n, d_out, fetch, fetch_ctx, guard, guard_ctx, stream, ws,
+                        counts);
   } else {
-    status = QueryTyped(static_cast<const int32_t*>(d_keys), n, d_out, fetch, fetch_ctx, stream, ws, counts);
+    status = QueryTyped(static_cast<const int32_t*>(d_keys), n, d_out, fetch, fetch_ctx, guard, guard_ctx, stream, ws,
+                        counts);
   }
   // Whatever happened, the workspace is free for the next call once the
   // stream reaches this point; if even that cannot be known, it is retired.
@@ -392,8 +413,8 @@ GpuLookupStatus GpuLookup::Query(const void* d_keys, int64_t n, float* d_out, Gp
 
 template <class Key>
 GpuLookupStatus GpuLookup::QueryTyped(const Key* d_keys, int64_t n, float* d_out, GpuFetchFn fetch,
-                                      void* fetch_ctx, cudaStream_t stream, Workspace* ws,
-                                      GpuLookupCounts* counts) {
+                                      void* fetch_ctx, GpuInsertGuardFn guard, void* guard_ctx, cudaStream_t stream,
+                                      Workspace* ws, GpuLookupCounts* counts) {
   GpuLookupStatus status = ws->GrowKeys(n, key_bytes_);
   if (!status.ok()) return status;
   // The scratch's last user may have run on another stream.
@@ -498,14 +519,28 @@ GpuLookupStatus GpuLookup::QueryTyped(const Key* d_keys, int64_t n, float* d_out
   // 7. Repeated keys (before 6: the output is ready sooner).
   if (u < n) TF_HPS_RETURN_IF_CUDA_ERROR(copy_rows(CopyRepeatsPlan{ws->rep}, n, d_out), launch);
 
-  // 6. Rows some tier held go into the dynamic cache; defaults do not.
+  // 6. Rows some tier held go into the dynamic cache; defaults do not. Under
+  // insert_mutex_: the guard's answer, the Replace and the event after it.
+  // An update (or refresh) takes the mutex too, so either it began before the
+  // guard looked (which then refuses: the rows may be older than the update's)
+  // or it waits for `inserted` on the device and overwrites what this inserts.
   if (m > 0 && cache_) {
     int64_t inserted = 0;
     for (int64_t j = 0; j < m; ++j) inserted += ws->host_found[j] != 0;
     if (inserted > 0) {
-      TF_HPS_RETURN_IF_CUDA_ERROR(
-          cache_->ReplaceFound(missed_keys, m, ws->fetched, ws->found, evicted_total_, stamp, stream),
-          "inserting fetched rows into the GPU cache");
+      std::lock_guard<std::mutex> lock(insert_mutex_);
+      if (guard != nullptr && guard(guard_ctx) == 0) {
+        inserted = 0;  // the output has the rows all the same
+      } else {
+        TF_HPS_RETURN_IF_CUDA_ERROR(
+            cache_->ReplaceFound(missed_keys, m, ws->fetched, ws->found, evicted_total_, stamp, stream),
+            "inserting fetched rows into the GPU cache");
+        if (cudaEventRecord(ws->inserted, stream) != cudaSuccess) {
+          // No event, so no later write could wait for this insertion on the
+          // device: wait for it here, before the mutex is let go.
+          TF_HPS_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream), "inserting fetched rows into the GPU cache");
+        }
+      }
     }
     counts->inserted = inserted;
   }
@@ -528,6 +563,11 @@ GpuLookupStatus GpuLookup::QueryL1(const void* d_keys, int64_t n, float* d_value
 GpuLookupStatus GpuLookup::Update(const int64_t* keys, int64_t m, const float* rows) {
   if (m == 0) return {};
   ScopedDevice scope(device_);
+  std::lock_guard<std::mutex> lock(insert_mutex_);
+  return OverwriteLocked(keys, m, rows);
+}
+
+GpuLookupStatus GpuLookup::OverwriteLocked(const int64_t* keys, int64_t m, const float* rows) {
   // An int32 cache can hold no key outside int32's range: those are dropped.
   std::vector<int32_t> narrow_keys;
   std::vector<float> narrow_rows;
@@ -557,13 +597,107 @@ GpuLookupStatus GpuLookup::Update(const int64_t* keys, int64_t m, const float* r
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaMalloc(&d.rows, m * dim_ * sizeof(float)), what);
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaMemcpy(d.keys, host_keys, m * key_size, cudaMemcpyHostToDevice), what);
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaMemcpy(d.rows, rows, m * dim_ * sizeof(float), cudaMemcpyHostToDevice), what);
+  // After every insertion enqueued so far, whatever its stream: none is being
+  // enqueued now (the caller holds insert_mutex_), and each workspace's
+  // `inserted` event stands for its latest one (see gpu_lookup.h).
+  {
+    std::lock_guard<std::mutex> pool(pool_mutex_);
+    for (const std::unique_ptr<Workspace>& ws : all_) {
+      TF_HPS_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(kWriteStream, ws->inserted, 0),
+                                  "ordering the update after the lookups' insertions");
+    }
+  }
   if (cache_) {
-    TF_HPS_RETURN_IF_CUDA_ERROR(cache_->Update(d.keys, m, d.rows, nullptr), "updating the GPU cache");
+    TF_HPS_RETURN_IF_CUDA_ERROR(cache_->Update(d.keys, m, d.rows, kWriteStream), "updating the GPU cache");
   } else {
-    TF_HPS_RETURN_IF_CUDA_ERROR(static_table_->Update(static_cast<const int64_t*>(d.keys), m, d.rows, nullptr),
+    TF_HPS_RETURN_IF_CUDA_ERROR(static_table_->Update(static_cast<const int64_t*>(d.keys), m, d.rows, kWriteStream),
                                 "updating the static GPU table");
   }
-  TF_HPS_RETURN_IF_CUDA_ERROR(cudaDeviceSynchronize(), "updating rows");
+  // Done when this returns; waits for the insertions above, not for the rest of the device's work.
+  TF_HPS_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(kWriteStream), "updating rows");
+  return {};
+}
+
+GpuLookupStatus GpuLookup::RefreshChunk(const int64_t* keys, int64_t m, GpuFetchFn fetch, void* fetch_ctx,
+                                        GpuInsertGuardFn guard, void* guard_ctx, int64_t* refreshed) {
+  std::vector<float> rows(m * dim_);
+  std::vector<int8_t> found(m, 0);
+  const int rc = fetch(fetch_ctx, keys, m, rows.data(), found.data());
+  if (rc != 0) {
+    return {kGpuLookupFetchFailed, "the fetch callback failed (returned " + std::to_string(rc) + ") for " +
+                                       std::to_string(m) + " keys to refresh"};
+  }
+  // Rows no tier holds any more keep their L1 row.
+  std::vector<int64_t> kept_keys;
+  kept_keys.reserve(m);
+  for (int64_t j = 0; j < m; ++j) {
+    if (!found[j]) continue;
+    const int64_t k = static_cast<int64_t>(kept_keys.size());
+    if (k != j) std::memcpy(rows.data() + k * dim_, rows.data() + j * dim_, dim_ * sizeof(float));
+    kept_keys.push_back(keys[j]);
+  }
+  const int64_t kept = static_cast<int64_t>(kept_keys.size());
+  if (kept == 0) return {};
+  std::lock_guard<std::mutex> lock(insert_mutex_);
+  // Refused: an update may have begun since fetch read these rows; it writes
+  // its newer rows itself, so these must not follow it.
+  if (guard != nullptr && guard(guard_ctx) == 0) return {};
+  GpuLookupStatus status = OverwriteLocked(kept_keys.data(), kept, rows.data());
+  if (status.ok()) *refreshed += kept;
+  return status;
+}
+
+GpuLookupStatus GpuLookup::Refresh(GpuFetchFn fetch, void* fetch_ctx, GpuInsertGuardFn guard, void* guard_ctx,
+                                   int64_t* refreshed) {
+  *refreshed = 0;
+  ScopedDevice scope(device_);
+  if (static_table_) {
+    const int64_t total = static_cast<int64_t>(static_keys_.size());
+    for (int64_t begin = 0; begin < total; begin += kRefreshChunkKeys) {
+      GpuLookupStatus status = RefreshChunk(static_keys_.data() + begin, std::min(kRefreshChunkKeys, total - begin),
+                                            fetch, fetch_ctx, guard, guard_ctx, refreshed);
+      if (!status.ok()) return status;
+    }
+    return {};
+  }
+  // The dynamic cache: the keys of a range of sets at a time, each key once.
+  const int64_t sets_per_chunk = kRefreshChunkKeys / kCacheWays;
+  struct Scratch {
+    void* keys = nullptr;
+    int64_t* count = nullptr;
+    ~Scratch() {
+      cudaFree(keys);
+      cudaFree(count);
+    }
+  } d;
+  const char* what = "reading the keys the GPU cache holds";
+  TF_HPS_RETURN_IF_CUDA_ERROR(cudaMalloc(&d.keys, kRefreshChunkKeys * key_bytes_), what);
+  TF_HPS_RETURN_IF_CUDA_ERROR(cudaMalloc(&d.count, sizeof(int64_t)), what);
+  std::vector<int64_t> keys;
+  std::vector<int32_t> narrow_keys;
+  for (int64_t set = 0; set < cache_->num_sets(); set += sets_per_chunk) {
+    const int64_t end = std::min(cache_->num_sets(), set + sets_per_chunk);
+    TF_HPS_RETURN_IF_CUDA_ERROR(cache_->Dump(set, end, d.keys, d.count, kWriteStream), what);
+    int64_t count = 0;  // cudaMemcpy runs after the dump on the legacy stream
+    TF_HPS_RETURN_IF_CUDA_ERROR(cudaMemcpy(&count, d.count, sizeof(int64_t), cudaMemcpyDeviceToHost), what);
+    if (count < 0 || count > (end - set) * kCacheWays) {
+      return {kGpuLookupInternal, "internal error: the GPU cache dumped " + std::to_string(count) + " keys of " +
+                                      std::to_string(end - set) + " sets"};
+    }
+    if (count == 0) continue;
+    keys.resize(count);
+    if (key_bytes_ == 8) {
+      TF_HPS_RETURN_IF_CUDA_ERROR(cudaMemcpy(keys.data(), d.keys, count * sizeof(int64_t), cudaMemcpyDeviceToHost),
+                                  what);
+    } else {
+      narrow_keys.resize(count);
+      TF_HPS_RETURN_IF_CUDA_ERROR(
+          cudaMemcpy(narrow_keys.data(), d.keys, count * sizeof(int32_t), cudaMemcpyDeviceToHost), what);
+      std::copy(narrow_keys.begin(), narrow_keys.end(), keys.begin());  // sign-extended
+    }
+    GpuLookupStatus status = RefreshChunk(keys.data(), count, fetch, fetch_ctx, guard, guard_ctx, refreshed);
+    if (!status.ok()) return status;
+  }
   return {};
 }
 

@@ -83,8 +83,8 @@ TF_HPS_EXPORT int hps_gpu_lookup_create_static(const int64_t* keys, int64_t n, c
 TF_HPS_EXPORT void hps_gpu_lookup_destroy(hps_gpu_lookup* lookup) { delete lookup; }
 
 TF_HPS_EXPORT int hps_gpu_lookup_query(hps_gpu_lookup* lookup, const void* d_keys, int64_t n, float* d_out,
-                                       hps_gpu_fetch_fn fetch, void* fetch_ctx, void* stream,
-                                       hps_gpu_lookup_counts* counts) {
+                                       hps_gpu_fetch_fn fetch, void* fetch_ctx, hps_gpu_insert_guard_fn guard,
+                                       void* guard_ctx, void* stream, hps_gpu_lookup_counts* counts) {
   const char* fn = "hps_gpu_lookup_query";
   if (counts != nullptr) *counts = hps_gpu_lookup_counts{};
   if (lookup == nullptr) return Invalid(fn, "lookup is NULL");
@@ -99,7 +99,8 @@ TF_HPS_EXPORT int hps_gpu_lookup_query(hps_gpu_lookup* lookup, const void* d_key
     if (fetch == nullptr) return Invalid(fn, "fetch is NULL: misses need a callback");
   }
   tf_hps::GpuLookupCounts c;
-  const int rc = Report(fn, lookup->impl->Query(d_keys, n, d_out, fetch, fetch_ctx, static_cast<cudaStream_t>(stream), &c));
+  const int rc = Report(fn, lookup->impl->Query(d_keys, n, d_out, fetch, fetch_ctx, guard, guard_ctx,
+                                                static_cast<cudaStream_t>(stream), &c));
   if (counts != nullptr) *counts = hps_gpu_lookup_counts{c.keys, c.l1_hits, c.missed_keys, c.inserted, c.evicted};
   return rc;
 }
@@ -125,6 +126,18 @@ TF_HPS_EXPORT int hps_gpu_lookup_update(hps_gpu_lookup* lookup, const int64_t* k
     return Invalid(fn, std::string(keys == nullptr ? "keys" : "rows") + " is NULL with m = " + std::to_string(m));
   }
   return Report(fn, lookup->impl->Update(keys, m, rows));
+}
+
+TF_HPS_EXPORT int hps_gpu_lookup_refresh(hps_gpu_lookup* lookup, hps_gpu_fetch_fn fetch, void* fetch_ctx,
+                                         hps_gpu_insert_guard_fn guard, void* guard_ctx, int64_t* refreshed) {
+  const char* fn = "hps_gpu_lookup_refresh";
+  if (refreshed != nullptr) *refreshed = 0;
+  if (lookup == nullptr) return Invalid(fn, "lookup is NULL");
+  if (fetch == nullptr) return Invalid(fn, "fetch is NULL: a refresh reads rows through it");
+  int64_t rows = 0;
+  const int rc = Report(fn, lookup->impl->Refresh(fetch, fetch_ctx, guard, guard_ctx, &rows));
+  if (refreshed != nullptr) *refreshed = rows;
+  return rc;
 }
 
 TF_HPS_EXPORT int64_t hps_gpu_lookup_size(hps_gpu_lookup* lookup) {

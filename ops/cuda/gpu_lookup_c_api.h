@@ -7,8 +7,25 @@
  *   are copied to the host and handed, once each, to the caller's fetch
  *   callback (the VDB -> PDB -> default chain in the op library; numpy in
  *   tests) -> their rows are copied back and inserted into the dynamic cache
- *   -> rows are scattered to the caller's key order.
+ *   (if the caller's insert guard allows) -> rows are scattered to the
+ *   caller's key order.
  * Every answer is exact: it never depends on what the cache held.
+ *
+ * Online updates and refreshes vs. insertions. A query reads its misses'
+ * rows (fetch) before it enqueues their insertion, and the insertion runs on
+ * the device later still; an update of those rows applied in between must
+ * not be undone by the older rows. Each pipeline has an insert lock (a host
+ * mutex): a query calls the caller's guard after fetch, under the lock, and
+ * inserts only if the guard allows, enqueueing the insertion and recording
+ * an event after it before it lets the lock go; hps_gpu_lookup_update and
+ * hps_gpu_lookup_refresh take the lock and make their device work wait for
+ * those events. With a guard that says whether an update may have begun since
+ * the rows were read (the op library's: the table's update epoch is even and
+ * unchanged, as for the CPU cache), an update either began before the guard
+ * ran (the guard refuses: nothing is inserted) or takes the lock after the
+ * insertion was enqueued and overwrites it on the device. A refresh checks the
+ * same guard under the lock before it writes, so it never writes rows it read
+ * before an update over the update's.
  *
  * Library: tf_hps/_tf_hps_gpu_cache.so (with gpu_cache_c_api.h). Conventions
  * as there: 0 = success, else an error code; hps_gpu_lookup_last_error()
@@ -31,8 +48,16 @@ typedef struct hps_gpu_lookup hps_gpu_lookup;
  * some tier held (0: the row holds the table's default and is not cached).
  * Returns 0, or nonzero after a failure (the lookup then fails with
  * HPS_GPU_LOOKUP_FETCH_FAILED). Called on the thread that called
- * hps_gpu_lookup_query, at most once per query, never with m == 0. */
+ * hps_gpu_lookup_query (at most once per query) or hps_gpu_lookup_refresh
+ * (once per chunk), never with m == 0. */
 typedef int (*hps_gpu_fetch_fn)(void* ctx, const int64_t* keys, int64_t m, float* rows, int8_t* found);
+
+/* Whether the rows the fetch callback just returned may be written into L1:
+ * nonzero = yes. Called on the thread that called fetch, after fetch returned,
+ * with the pipeline's insert lock held (so it must be quick and must not call
+ * into the pipeline); it decides for the rows of that fetch call only. NULL
+ * guard = always yes. */
+typedef int (*hps_gpu_insert_guard_fn)(void* ctx);
 
 /* Error code of a failed fetch callback (CUDA errors keep their own codes). */
 #define HPS_GPU_LOOKUP_FETCH_FAILED 10001
@@ -46,7 +71,8 @@ typedef struct hps_gpu_lookup_counts {
   int64_t keys;         /* keys asked for, duplicates included */
   int64_t l1_hits;      /* of those, answered by L1 */
   int64_t missed_keys;  /* distinct keys handed to the fetch callback */
-  int64_t inserted;     /* rows put into the dynamic cache (missed keys some tier held) */
+  int64_t inserted;     /* rows put into the dynamic cache (missed keys some tier held;
+                           0 when the guard refused) */
   int64_t evicted;      /* rows the dynamic cache evicted to make room; see below */
 } hps_gpu_lookup_counts;
 /* l1_hits counts positions: keys - l1_hits is the number of positions whose
@@ -82,19 +108,41 @@ void hps_gpu_lookup_destroy(hps_gpu_lookup* lookup);
  * pinned host memory, so the same wait hands them over). An all-hit batch
  * then returns at once, without a callback or any further wait; a batch with
  * misses calls fetch, then queues the copy of its rows, the insertions and
- * the scatter without waiting again. d_out is ready when the stream has run
- * the call. n == 0 touches neither the device nor the stream. d_out must not
- * overlap d_keys. Thread-safe: calls from several threads on one pipeline
- * (on one stream or several) run concurrently with exact results; each takes
- * its own scratch. At most 2^31 - 1 keys per call. counts may be NULL. On
- * failure d_out's contents are unspecified. */
+ * the scatter without waiting again. Insertions (dynamic cache, rows some
+ * tier held) are queued only if guard(guard_ctx) allows it, asked under the
+ * insert lock after fetch, once, and only when there is a row to insert (see
+ * the top of this file); refused or not, the rows go to d_out. d_out is
+ * ready when the stream has run the call. n == 0 touches neither the device
+ * nor the stream. d_out must not overlap d_keys. Thread-safe: calls from
+ * several threads on one pipeline (on one stream or several) run
+ * concurrently with exact results; each takes its own scratch. At most
+ * 2^31 - 1 keys per call. counts may be NULL. On failure d_out's contents are
+ * unspecified. */
 int hps_gpu_lookup_query(hps_gpu_lookup* lookup, const void* d_keys, int64_t n, float* d_out, hps_gpu_fetch_fn fetch,
-                         void* fetch_ctx, void* stream, hps_gpu_lookup_counts* counts);
+                         void* fetch_ctx, hps_gpu_insert_guard_fn guard, void* guard_ctx, void* stream,
+                         hps_gpu_lookup_counts* counts);
 
 /* Overwrites the rows of the given keys (host keys int64 (m), host rows
  * (m, dim)) where L1 holds them (the dynamic cache and the static table
- * alike); ignores the others. For refreshes and online updates. Synchronous. */
+ * alike); ignores the others. For online updates. Under the insert lock, and
+ * ordered on the device after every insertion queries have queued so far
+ * (on any stream), so a row such an insertion brings is overwritten too.
+ * Synchronous. */
 int hps_gpu_lookup_update(hps_gpu_lookup* lookup, const int64_t* keys, int64_t m, const float* rows);
+
+/* Re-reads the rows L1 holds from the tiers below it and overwrites them: the
+ * keys the dynamic cache holds (dumped a range of sets at a time) or every
+ * key of the static table, in chunks of at most 65536 distinct keys, each
+ * handed to fetch once (so fetch is called once per nonempty chunk). Rows
+ * fetch reports not found keep their L1 row. Each chunk's rows are written
+ * as hps_gpu_lookup_update writes, under the insert lock, if guard(guard_ctx)
+ * (asked there, after that chunk's fetch, when it found a row; NULL = always)
+ * allows; a chunk the guard refuses is skipped and the next one goes on.
+ * *refreshed (may be NULL) gets the rows written, also when a later chunk
+ * fails. Synchronous; safe beside queries and updates. A dynamic cache's rows
+ * evicted between the dump and the write are not written back. */
+int hps_gpu_lookup_refresh(hps_gpu_lookup* lookup, hps_gpu_fetch_fn fetch, void* fetch_ctx,
+                           hps_gpu_insert_guard_fn guard, void* guard_ctx, int64_t* refreshed);
 
 /* Rows L1 holds now (for tests and metrics): the static table's distinct
  * keys, or the dynamic cache's occupied ways. Synchronous. -1 on failure. */

@@ -7,8 +7,11 @@
 // gpu_lookup_c_api.h, which carries its own (static) CUDA runtime. What stays
 // here is TensorFlow glue: finding the parameter server and table, keeping one
 // pipeline per (server, table, device, key width), answering the pipeline's
-// misses from the tiers below L1 (ParameterServer::FetchFromDatabases), and
-// counting into the table's TableStats, which hps.stats() reports.
+// misses from the tiers below L1 (ParameterServer::FetchFromDatabases),
+// keeping rows older than an online update out of its L1 (InsertGuard: the
+// table's update epoch, as for the CPU cache), registering it for online
+// updates and refreshes (AddCacheListener, AddCacheRefresher), and counting
+// into the table's TableStats, which hps.stats() reports.
 //
 // Library: tf_hps/_tf_hps_ops_gpu.so, linked against _tf_hps_ops.so (the op
 // registrations and the process's one ParameterServerRegistry) and
@@ -182,6 +185,51 @@ hps_gpu_lookup* CreatePipeline(const ParameterServer& server, const EmbeddingTab
   return CreateDynamic(table, capacity, key_bytes);
 }
 
+// What one query's (or one refresh's) callbacks need; they run on the thread
+// that called hps_gpu_lookup_query / hps_gpu_lookup_refresh, so this lives on
+// that thread's stack.
+struct FetchContext {
+  const ParameterServer* server = nullptr;
+  const EmbeddingTable* table = nullptr;
+  ParallelFor parallel_for;
+  std::vector<char> found;
+  // The table's update epoch before the last fetch read the databases (odd,
+  // so InsertGuard refuses, until a fetch has noted it).
+  uint64_t epoch_seen = 1;
+  // An exception must not unwind through the C library: it is kept here and
+  // rethrown once the query has returned, so its error code survives (a Redis
+  // outage stays Unavailable, a bad row stays InvalidArgument).
+  std::exception_ptr error;
+};
+
+// hps_gpu_fetch_fn: the tiers below L1 (VDB -> PDB -> default) for the
+// distinct keys the GPU L1 missed (or holds, for a refresh). The epoch is
+// noted first, as the CPU lookup does, for InsertGuard.
+int FetchMisses(void* ctx, const int64_t* keys, int64_t m, float* rows, int8_t* found) {
+  auto* fetch = static_cast<FetchContext*>(ctx);
+  try {
+    fetch->epoch_seen = fetch->table->update_epoch.load(std::memory_order_acquire);
+    fetch->found.assign(m, 0);
+    fetch->server->FetchFromDatabases(*fetch->table, keys, m, rows, &fetch->found, fetch->parallel_for);
+    for (int64_t i = 0; i < m; ++i) found[i] = fetch->found[i] ? 1 : 0;
+    return 0;
+  } catch (...) {
+    fetch->error = std::current_exception();
+    return 1;
+  }
+}
+
+// hps_gpu_insert_guard_fn, asked under the pipeline's insert lock before the
+// rows of the last FetchMisses go into its L1: yes only if no online update
+// of the table began since they were read (UpdateGuard's rule: the epoch is
+// even and unchanged). ParameterServer::ApplyUpdate moves the epoch before it
+// calls the pipeline's listener (hps_gpu_lookup_update, which takes that
+// lock), so an update either makes this say no or overwrites the insertion.
+int InsertGuard(void* ctx) {
+  const auto* fetch = static_cast<const FetchContext*>(ctx);
+  return UpdateGuard{&fetch->table->update_epoch, fetch->epoch_seen}.Holds() ? 1 : 0;
+}
+
 // The process's GPU pipelines, one per (server handle, table tag, device,
 // key width), created once even when first lookups race, and shared by every
 // kernel instance (and SavedModel) that names the same table on the same GPU.
@@ -220,6 +268,20 @@ class GpuPipelines {
           Log(LogLevel::kWarning, "table " + tag + ": online update of the GPU cache failed: " +
                                       hps_gpu_lookup_last_error());
       });
+      // hps.refresh_cache() (and refresh_interval) re-read its rows too, with
+      // the lookups' guard, so a refresh never writes rows older than an
+      // update's. The server owns the refresher, so it outlives neither.
+      server.AddCacheRefresher(table, [pipeline, server = &server, table = &table]() -> int64_t {
+        FetchContext fetch;
+        fetch.server = server;
+        fetch.table = table;
+        fetch.parallel_for = SerialFor;  // as the CPU cache's refresh
+        int64_t refreshed = 0;
+        const int rc = hps_gpu_lookup_refresh(pipeline, &FetchMisses, &fetch, &InsertGuard, &fetch, &refreshed);
+        if (fetch.error) std::rethrow_exception(fetch.error);
+        if (rc != 0) ThrowGpuError(rc, "refresh of the GPU cache of table " + table->tag);
+        return refreshed;
+      });
       entry->pipeline = pipeline;
     }
     return entry->pipeline;
@@ -234,34 +296,6 @@ class GpuPipelines {
   std::mutex mutex_;
   std::map<Key, std::shared_ptr<Entry>> entries_;
 };
-
-// What one query's fetch callback needs; the callback runs on the thread that
-// called hps_gpu_lookup_query, so this lives on that thread's stack.
-struct FetchContext {
-  const ParameterServer* server = nullptr;
-  const EmbeddingTable* table = nullptr;
-  ParallelFor parallel_for;
-  std::vector<char> found;
-  // An exception must not unwind through the C library: it is kept here and
-  // rethrown once the query has returned, so its error code survives (a Redis
-  // outage stays Unavailable, a bad row stays InvalidArgument).
-  std::exception_ptr error;
-};
-
-// hps_gpu_fetch_fn: the tiers below L1 (VDB -> PDB -> default) for the
-// distinct keys the GPU L1 missed.
-int FetchMisses(void* ctx, const int64_t* keys, int64_t m, float* rows, int8_t* found) {
-  auto* fetch = static_cast<FetchContext*>(ctx);
-  try {
-    fetch->found.assign(m, 0);
-    fetch->server->FetchFromDatabases(*fetch->table, keys, m, rows, &fetch->found, fetch->parallel_for);
-    for (int64_t i = 0; i < m; ++i) found[i] = fetch->found[i] ? 1 : 0;
-    return 0;
-  } catch (...) {
-    fetch->error = std::current_exception();
-    return 1;
-  }
-}
 
 // TensorFlow's compute stream of this op, as a cudaStream_t.
 void* ComputeStream(OpKernelContext* ctx) {
@@ -322,7 +356,7 @@ class GpuLookupOp : public OpKernel {
       };
       hps_gpu_lookup_counts counts{};
       const int rc = hps_gpu_lookup_query(resolved.pipeline, keys.flat<K>().data(), n, out->flat<float>().data(),
-                                          &FetchMisses, &fetch, ComputeStream(ctx), &counts);
+                                          &FetchMisses, &fetch, &InsertGuard, &fetch, ComputeStream(ctx), &counts);
       if (fetch.error) std::rethrow_exception(fetch.error);
       if (rc != 0) ThrowGpuError(rc, "lookup of " + std::to_string(n) + " keys in table " + resolved.table->tag);
 
