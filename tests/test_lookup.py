@@ -69,6 +69,30 @@ def test_large_batches_are_split_over_tf_worker_threads_exactly(layer):
     np.testing.assert_array_equal(lookup(tf.constant(ids)).numpy(), tf.nn.embedding_lookup(dense, ids).numpy())
 
 
+def test_a_key_missed_in_several_ranges_of_a_batch_is_fetched_once(tables):
+    """A batch long enough to be split over threads in ranges: a key that several ranges miss is
+    read from the databases once, every position gets its row, and the next batch finds the rows
+    in L1 (keys no tier holds stay misses)."""
+    from tf_hps.storage import table_tag
+    tables.table("t0", 5000, 4)
+    path = tables.config(dims=(4,), model="ranges", extra_model={"gpucacheper": 1.0, "hit_rate_threshold": 2.0})
+    lookup = hps.LookupLayer("ranges", 0, 4, tf.float32, path)
+    dense = tables.dense("t0", 1.5, 6000)
+    # 2,000 known keys (in sets of 64 ways holding 5,000 rows: none evicted) and 1,000 unknown ones.
+    ids = np.random.default_rng(4).integers(3000, 6000, size=(200_000,)) - 3000
+    ids[ids >= 2000] += 3000  # keys >= 5000: the default
+    tag = table_tag("ranges", "sparse_embedding0")
+    np.testing.assert_array_equal(lookup(tf.constant(ids)).numpy(), tf.nn.embedding_lookup(dense, ids).numpy())
+    first = hps.stats()[tag]
+    assert first["missed_keys"] == len(np.unique(ids))
+    assert first["defaults"] == len(np.unique(ids[ids >= 5000]))
+    assert first["l1_hits"] == 0
+    np.testing.assert_array_equal(lookup(tf.constant(ids)).numpy(), tf.nn.embedding_lookup(dense, ids).numpy())
+    second = hps.stats()[tag]
+    assert second["l1_hits"] == np.count_nonzero(ids < 5000)
+    assert second["missed_keys"] - first["missed_keys"] == len(np.unique(ids[ids >= 5000]))
+
+
 def test_concurrent_python_threads_get_correct_results(layer):
     lookup, dense = layer
     errors = []
