@@ -27,9 +27,15 @@ import tf_hps as hps
 def median_rates(fns, ids, repeats):
     """Median keys/s of each function, timed in turns (A, B, A, B, ...) so that drift in the
     machine's speed during the run affects both alike. Python's garbage collector is off while
-    timing (as in timeit), so that its passes do not land on one side's calls by chance."""
-    for fn in fns:
-        fn(ids).numpy()
+    timing (as in timeit), so that its passes do not land on one side's calls by chance.
+
+    A call is timed until the tf.function returns its tensor: CPU ops run synchronously in eager
+    mode, so the lookup is done by then. Not until `.numpy()`: that copies the whole output
+    (EagerTensor.numpy() returns a copy; 32 MiB at 64k keys of D=128), the same copy on both
+    sides, which a model never makes and which would only dilute the ratio."""
+    first = [fn(ids).numpy() for fn in fns]
+    for other in first[1:]:  # the sides answer alike (the table has no unknown keys)
+        np.testing.assert_array_equal(first[0], other)
     times = [[] for _ in fns]
     gc.collect()
     gc.disable()
@@ -37,7 +43,7 @@ def median_rates(fns, ids, repeats):
         for _ in range(repeats):
             for fn, log in zip(fns, times):
                 start = time.perf_counter()
-                fn(ids).numpy()
+                fn(ids)
                 log.append(time.perf_counter() - start)
     finally:
         gc.enable()
