@@ -171,6 +171,22 @@ GpuLookupStatus CudaFailure(cudaError_t err, const std::string& what) {
     if (err_ != cudaSuccess) return CudaFailure(err_, what); \
   } while (0)
 
+// The device buffers of one synchronous call (keys, and rows or a count),
+// freed when the call returns, however it returns.
+struct CallScratch {
+  void* keys = nullptr;
+  float* rows = nullptr;
+  int64_t* count = nullptr;
+  CallScratch() = default;
+  CallScratch(const CallScratch&) = delete;
+  CallScratch& operator=(const CallScratch&) = delete;
+  ~CallScratch() {
+    cudaFree(keys);
+    cudaFree(rows);
+    cudaFree(count);
+  }
+};
+
 }  // namespace
 
 // Scratch of one call at a time. Device arrays hold key_capacity keys.
@@ -584,14 +600,7 @@ GpuLookupStatus GpuLookup::OverwriteLocked(const int64_t* keys, int64_t m, const
     rows = narrow_rows.data();
   }
   const size_t key_size = cache_ ? key_bytes_ : sizeof(int64_t);
-  struct Scratch {
-    void* keys = nullptr;
-    float* rows = nullptr;
-    ~Scratch() {
-      cudaFree(keys);
-      cudaFree(rows);
-    }
-  } d;
+  CallScratch d;
   const char* what = "copying updated rows to the device";
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaMalloc(&d.keys, m * key_size), what);
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaMalloc(&d.rows, m * dim_ * sizeof(float)), what);
@@ -662,14 +671,7 @@ GpuLookupStatus GpuLookup::Refresh(GpuFetchFn fetch, void* fetch_ctx, GpuInsertG
   }
   // The dynamic cache: the keys of a range of sets at a time, each key once.
   const int64_t sets_per_chunk = kRefreshChunkKeys / kCacheWays;
-  struct Scratch {
-    void* keys = nullptr;
-    int64_t* count = nullptr;
-    ~Scratch() {
-      cudaFree(keys);
-      cudaFree(count);
-    }
-  } d;
+  CallScratch d;
   const char* what = "reading the keys the GPU cache holds";
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaMalloc(&d.keys, kRefreshChunkKeys * key_bytes_), what);
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaMalloc(&d.count, sizeof(int64_t)), what);
@@ -707,14 +709,7 @@ GpuLookupStatus GpuLookup::Size(int64_t* size) {
     return {};
   }
   ScopedDevice scope(device_);
-  struct Scratch {
-    void* keys = nullptr;
-    int64_t* count = nullptr;
-    ~Scratch() {
-      cudaFree(keys);
-      cudaFree(count);
-    }
-  } d;
+  CallScratch d;
   const char* what = "counting the GPU cache's rows";
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaMalloc(&d.keys, cache_->capacity() * key_bytes_), what);
   TF_HPS_RETURN_IF_CUDA_ERROR(cudaMalloc(&d.count, sizeof(int64_t)), what);
