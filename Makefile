@@ -1,6 +1,7 @@
 # tf_hps: build, demo and tests.
 #   make demo   set up, build, and run the end-to-end demo on embedded defaults
-#   make test   set up, build (g++ and Bazel), and run the whole test suite
+#   make test   set up, build (g++ and Bazel), and run the whole test suite, then the serving
+#               tests again with the served side on other float kernels (test-other-kernels)
 #   make lib    build the op library tf_hps/_tf_hps_ops.so only
 # Set-up is idempotent: Debian packages and .venv/ are installed only when missing.
 
@@ -19,7 +20,9 @@ CAPI_SRCS := $(call bzl_list,HPS_STORAGE_CAPI_SRCS)
 HDRS := $(call bzl_list,HPS_CORE_HDRS) $(call bzl_list,HPS_OP_HDRS) $(call bzl_list,HPS_STORAGE_CAPI_HDRS)
 LINKOPTS := $(call bzl_list,HPS_CORE_LINKOPTS)
 
-CXXFLAGS := -O2 -fPIC -std=c++17 -Wall -Wno-sign-compare -Wno-deprecated-declarations -Wno-interference-size -I.
+# -ffp-contract=off: no product and sum fused into one FMA, so the combiners
+# give TF's bits (ops/sparse_combine.h) whatever -march is added.
+CXXFLAGS := -O2 -fPIC -ffp-contract=off -std=c++17 -Wall -Wno-sign-compare -Wno-deprecated-declarations -Wno-interference-size -I.
 
 .PHONY: all setup lib demo test bazel clean
 
@@ -78,6 +81,18 @@ demo: lib
 
 test: lib $(BUILD)/saved_model_runner bazel
 	@$(PY) -m pytest tests
+	@$(MAKE) --no-print-directory test-other-kernels
+
+# The serving tests (marker `serving`) again, their serving child processes on other float kernels
+# than the test process, as on another machine: oneDNN held to SSE4.1, to AVX2, and off (Eigen).
+# Lookups must still agree bit for bit, float layers within float32 rounding (tf_hps/testing.py).
+SERVING_CHILD_ENVS := ONEDNN_MAX_CPU_ISA=SSE41 ONEDNN_MAX_CPU_ISA=AVX2 TF_ENABLE_ONEDNN_OPTS=0
+.PHONY: test-other-kernels
+test-other-kernels: lib $(BUILD)/saved_model_runner
+	@for env in $(SERVING_CHILD_ENVS); do \
+	  echo "serving tests, child processes with $$env:"; \
+	  TF_HPS_TEST_CHILD_ENV="$$env" $(PY) -m pytest -q -m serving tests || exit 1; \
+	done
 
 clean:
 	rm -rf $(BUILD) tf_hps/_tf_hps_*.so

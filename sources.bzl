@@ -64,6 +64,7 @@ HPS_OP_SRCS = [
 
 HPS_OP_HDRS = [
     "ops/hps_kernel_common.h",
+    "ops/sparse_combine.h",
 ]
 
 # The C ABI of the storage backends: _tf_hps_storage.so = core + these (no TF).

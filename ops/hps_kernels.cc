@@ -14,6 +14,7 @@
 #include "core/scratch.h"
 #include "core/unique_keys.h"
 #include "ops/hps_kernel_common.h"
+#include "ops/sparse_combine.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/platform/threadpool.h"
@@ -170,18 +171,17 @@ class LookupOp : public OpKernel {
   TableBinding binding_;
 };
 
-enum class Combiner { kSum, kMean, kSqrtn };
-
 // float32 -> the output dtype, rounding to nearest even.
 template <typename T>
 inline T FromFloat(float x) {
   return static_cast<T>(x);
 }
 
-// TfHpsSparseLookup: dedups the keys, looks each distinct key up once, clips
-// the distinct rows if asked, then writes every output row in one pass over
-// its keys (grouped by a stable counting sort on the segment ids, so the
-// input need not be sorted and each row sums its keys in input order).
+// TfHpsSparseLookup: dedups the keys, looks each distinct key up once, then
+// writes every output row in one pass over its keys (grouped by a stable
+// counting sort on the segment ids, so the input need not be sorted and each
+// row combines its keys in input order), in the order of TF's sparse segment
+// kernels (sparse_combine.h).
 template <typename K, typename S, typename T>
 class SparseLookupOp : public OpKernel {
  public:
@@ -199,17 +199,14 @@ class SparseLookupOp : public OpKernel {
                                                  "'"));
       return;
     }
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("weighted", &weighted_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("max_norm", &max_norm_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     using ::tensorflow::TensorShapeUtils;
     const Tensor& keys = ctx->input(0);
     const Tensor& segment_ids = ctx->input(1);
-    const Tensor& weights = ctx->input(2);
-    const Tensor& num_rows_t = ctx->input(3);
-    const Tensor& handle = ctx->input(4);
+    const Tensor& num_rows_t = ctx->input(2);
+    const Tensor& handle = ctx->input(3);
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(keys.shape()),
                 absl::InvalidArgumentError("keys must be a vector, got shape " + keys.shape().DebugString()));
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(segment_ids.shape()),
@@ -219,17 +216,6 @@ class SparseLookupOp : public OpKernel {
     OP_REQUIRES(ctx, segment_ids.NumElements() == nnz,
                 absl::InvalidArgumentError("segment_ids has " + std::to_string(segment_ids.NumElements()) +
                                            " values but keys has " + std::to_string(nnz)));
-    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(weights.shape()),
-                absl::InvalidArgumentError("weights must be a vector, got shape " + weights.shape().DebugString()));
-    if (weighted_) {
-      OP_REQUIRES(ctx, weights.NumElements() == nnz,
-                  absl::InvalidArgumentError("weights has " + std::to_string(weights.NumElements()) +
-                                             " values but keys has " + std::to_string(nnz) +
-                                             ": each key needs one weight"));
-    } else {
-      OP_REQUIRES(ctx, weights.NumElements() == 0,
-                  absl::InvalidArgumentError("weights must be empty when weighted is false"));
-    }
     OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(num_rows_t.shape()),
                 absl::InvalidArgumentError("num_rows must be a scalar"));
     const int64_t num_rows = num_rows_t.scalar<int64_t>()();
@@ -290,58 +276,20 @@ class SparseLookupOp : public OpKernel {
       const ParallelFor parallel_for = WorkerPool(ctx);
       server->Lookup(*table, unique.keys.data(), u, rows, parallel_for);
 
-      if (max_norm_ >= 0.0f) {
-        // As tf.clip_by_norm: row * max_norm / max(norm, max_norm), every row.
-        const float clip = max_norm_;
-        parallel_for(u, 4 * dim + 20, [rows, dim, clip](int64_t begin, int64_t end) {
-          for (int64_t j = begin; j < end; ++j) {
-            float* row = rows + j * dim;
-            float squares = 0.0f;
-            for (int64_t d = 0; d < dim; ++d) squares += row[d] * row[d];
-            const float norm = squares > 0.0f ? std::sqrt(squares) : squares;
-            const float denominator = std::max(norm, clip);
-            for (int64_t d = 0; d < dim; ++d) row[d] = row[d] * clip / denominator;
-          }
-        });
-      }
-
       const int64_t* index = unique.index.data();
-      const float* w = weighted_ ? weights.flat<float>().data() : nullptr;
       const Combiner combiner = combiner_;
       const int64_t cost = (nnz / num_rows + 1) * dim * 2 + 10;
-      parallel_for(num_rows, cost, [&, rows, offsets, order, index, w, out_data](int64_t begin, int64_t end) {
-        std::vector<float> acc(dim);
+      parallel_for(num_rows, cost, [&, rows, offsets, order, index, out_data](int64_t begin, int64_t end) {
+        std::vector<float> acc(std::is_same_v<T, float> ? 0 : dim);
         for (int64_t r = begin; r < end; ++r) {
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          float weight_sum = 0.0f;
-          float square_sum = 0.0f;
-          for (int64_t p = offsets[r]; p < offsets[r + 1]; ++p) {
-            const int64_t e = order[p];
-            const float* row = rows + index[e] * dim;
-            if (w != nullptr) {
-              const float we = w[e];
-              for (int64_t d = 0; d < dim; ++d) acc[d] += we * row[d];
-              weight_sum += we;
-              square_sum += we * we;
-            } else {
-              for (int64_t d = 0; d < dim; ++d) acc[d] += row[d];
-              weight_sum += 1.0f;
-              square_sum += 1.0f;
-            }
-          }
+          const int64_t* positions = order + offsets[r];
+          const auto row = [rows, positions, index, dim](int64_t k) { return rows + index[positions[k]] * dim; };
           T* dst = out_data + r * dim;
-          float divisor = 1.0f;
-          if (combiner == Combiner::kMean) divisor = weight_sum;
-          if (combiner == Combiner::kSqrtn) divisor = std::sqrt(square_sum);
-          if (combiner == Combiner::kSum) {
+          if constexpr (std::is_same_v<T, float>) {
+            CombineRows(combiner, offsets[r + 1] - offsets[r], dim, row, dst);
+          } else {  // combined in float32, rounded to the output dtype once
+            CombineRows(combiner, offsets[r + 1] - offsets[r], dim, row, acc.data());
             for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(acc[d]);
-          } else if (divisor == 0.0f) {  // an empty row, or weights summing to 0: zeros, like div_no_nan
-            for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(0.0f);
-          } else if (w == nullptr) {  // as sparse_segment_{mean,sqrt_n}: times the reciprocal
-            const float scale = 1.0f / divisor;
-            for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(acc[d] * scale);
-          } else {  // as div_no_nan
-            for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(acc[d] / divisor);
           }
         }
       });
@@ -351,8 +299,6 @@ class SparseLookupOp : public OpKernel {
  private:
   TableBinding binding_;
   Combiner combiner_ = Combiner::kMean;
-  bool weighted_ = false;
-  float max_norm_ = -1.0f;
 };
 
 class StatsOp : public OpKernel {

@@ -71,7 +71,6 @@ embeddings: float32, keys.shape + [emb_vec_size].
 REGISTER_OP("TfHpsSparseLookup")
     .Input("keys: Tkeys")
     .Input("segment_ids: Tsegments")
-    .Input("weights: float")
     .Input("num_rows: int64")
     .Input("ps_handle: string")
     .Output("embeddings: dtype")
@@ -79,47 +78,39 @@ REGISTER_OP("TfHpsSparseLookup")
     .Attr("table_id: int >= 0")
     .Attr("emb_vec_size: int >= 1")
     .Attr("combiner: {'sum', 'mean', 'sqrtn'} = 'mean'")
-    .Attr("weighted: bool = false")
-    .Attr("max_norm: float = -1.0")
     .Attr("dtype: {float, half, bfloat16} = DT_FLOAT")
     .Attr("Tkeys: {int32, int64}")
     .Attr("Tsegments: {int32, int64} = DT_INT64")
     .SetIsStateful()
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle keys, segments, weights, unused;
+      ShapeHandle keys, segments, unused;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &keys));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &segments));
       TF_RETURN_IF_ERROR(c->Merge(keys, segments, &keys));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &weights));
-      bool weighted = false;
-      TF_RETURN_IF_ERROR(c->GetAttr("weighted", &weighted));
-      if (weighted) TF_RETURN_IF_ERROR(c->Merge(keys, weights, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 0, &unused));
       ::tensorflow::shape_inference::DimensionHandle rows;
-      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(3, &rows));
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
       int64_t dim = 0;
       TF_RETURN_IF_ERROR(c->GetAttr("emb_vec_size", &dim));
       c->set_output(0, c->Matrix(rows, dim));
       return absl::OkStatus();
     })
     .Doc(R"doc(
-Looks up and combines the rows of a ragged batch of keys, like tf.nn.embedding_lookup_sparse.
+Looks up and combines the rows of a ragged batch of keys, like tf.nn.embedding_lookup_sparse
+without weights, bit for bit.
 
 Each distinct key is looked up once; output row r combines the rows of the keys whose
-segment id is r, in their input order: sum (of w * row), mean (sum / sum of w) or sqrtn
-(sum / sqrt(sum of w^2)); a row with no keys, or whose divisor is 0, is zeros. Rows are
-accumulated in float32 and converted to dtype once.
+segment id is r, in their input order and in the order of TF's tf.sparse.segment_sum,
+segment_mean and segment_sqrt_n kernels: sum, mean (sum / n) or sqrtn (sum / sqrt(n)) of
+the row's n keys; a row with no keys is zeros. Rows are combined in float32 and converted
+to dtype once. (SparseLookupLayer runs weights and max_norm through TF's own ops.)
 
 keys: int32 or int64 keys, (nnz).
 segment_ids: the output row of each key, (nnz), in [0, num_rows); need not be sorted.
-weights: float32 weight of each key, (nnz), when weighted; otherwise empty, (0).
 num_rows: number of output rows (a SparseTensor's dense_shape[0]), scalar >= 0.
 embeddings: (num_rows, emb_vec_size) of dtype.
 combiner: 'sum', 'mean' or 'sqrtn'.
-weighted: whether weights holds a weight per key (else every weight is 1).
-max_norm: when >= 0, each row whose L2 norm exceeds it is scaled to that norm before combining
-  (as tf.clip_by_norm); negative: no clipping.
 )doc");
 
 REGISTER_OP("TfHpsRefresh")

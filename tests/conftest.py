@@ -19,6 +19,14 @@ import tf_hps as hps  # noqa: E402
 pytest_plugins = ["redis_servers"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "serving: compares what a child process serves with this process's results; the CI reruns these with "
+        "the children on other float kernels ($TF_HPS_TEST_CHILD_ENV, see child_env)",
+    )
+
+
 class Tables:
     """Writes table folders and configs under one tmp dir; remembers the rows."""
 
@@ -77,9 +85,45 @@ def simple(tables):
     return tables, tables.config()
 
 
+CHILD_ENV = "TF_HPS_TEST_CHILD_ENV"
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment of a child process whose outputs a test compares with its own.
+
+    os.environ, then the overrides, then the KEY=VALUE words of $TF_HPS_TEST_CHILD_ENV. The CI reruns of
+    the serving tests set that to give the children other float kernels than the test process
+    (`ONEDNN_MAX_CPU_ISA=AVX2`, `TF_ENABLE_ONEDNN_OPTS=0`), as another machine would: lookups must still
+    agree bit for bit, float layers within their rounding bound (rounding.py).
+    """
+    env = {**os.environ, **overrides}
+    for word in os.environ.get(CHILD_ENV, "").split():
+        name, sep, value = word.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{CHILD_ENV} wants KEY=VALUE words, got {word!r}")
+        env[name] = value
+    return env
+
+
+class Served:
+    """What a served export of an embeddings + Dense-head model must answer: its embeddings bit for bit
+    (a lookup is exact), its scores within float32 rounding of this process's (tf_hps.testing)."""
+
+    def __init__(self, embeddings, scores, bound):
+        self.embeddings, self.scores, self.bound = embeddings, scores, bound
+
+    def check(self, outputs) -> None:
+        from tf_hps import testing
+
+        assert sorted(outputs) == ["embeddings", "scores"], sorted(outputs)
+        testing.assert_bitwise_equal(outputs["embeddings"], self.embeddings, "served embeddings")
+        assert outputs["scores"].dtype == np.float32
+        testing.assert_within_rounding(outputs["scores"], self.scores, self.bound, "served scores")
+
+
 def run_python(code: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs code in a fresh interpreter that has NOT imported tf_hps."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONPATH": ""}
+    """Runs code in a fresh interpreter that has NOT imported tf_hps (child_env's environment)."""
+    env = child_env(TF_CPP_MIN_LOG_LEVEL="1", PYTHONPATH="")
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd="/")
     if proc.returncode != 0:

@@ -146,6 +146,7 @@ np.savez(out_file, ids=ids, **{f"c{c}_{i}": r for c, rs in enumerate(results) fo
 """
 
 
+@pytest.mark.serving
 @pytest.mark.parametrize("inter,intra", [(1, 1), (4, 2)])
 def test_inter_op_parallelism_with_independent_lookups_in_one_graph(tables, tmp_path, inter, intra):
     tables.table("a", 2000, 8)
@@ -184,6 +185,7 @@ print(json.dumps({"servers": len(ops.tf_hps_stats().numpy())}))
 """
 
 
+@pytest.mark.serving
 def test_several_saved_models_in_one_process_called_from_threads(tables, tmp_path):
     tables.table("t0", 2000, 8)
     tables.table("u0", 300, 4)

@@ -1,4 +1,8 @@
-"""Output dtypes, key dtypes against supportlonglong, and many models and tables in one process."""
+"""Output dtypes, key dtypes against supportlonglong, and many models and tables in one process.
+
+Every lookup is compared with TensorFlow's own lookup on the same table bit for bit: float16 and
+bfloat16 outputs with TF's float32 result cast once.
+"""
 
 import json
 import os
@@ -9,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import tf_hps as hps
+from tf_hps.testing import assert_bitwise_equal
 
 HALF_DTYPES = [tf.float16, tf.bfloat16]
 LAYERS = [hps.LookupLayer, hps.SparseLookupLayer]
@@ -21,10 +26,13 @@ def lookup(layer, ids):
     return layer(ids)
 
 
-def dense_reference(dense, ids, sparse):
-    """tf.nn.embedding_lookup, or its sum over the last axis for the sparse layer."""
-    rows = tf.nn.embedding_lookup(dense, ids)
-    return tf.reduce_sum(rows, axis=-2) if sparse else rows
+def dense_reference(dense, ids, sparse, dtype=tf.float32):
+    """tf.nn.embedding_lookup, or tf.nn.embedding_lookup_sparse's sum of each row for the sparse layer, as dtype."""
+    if sparse:
+        rows = tf.nn.embedding_lookup_sparse(dense, tf.RaggedTensor.from_tensor(ids).to_sparse(), None, combiner="sum")
+    else:
+        rows = tf.nn.embedding_lookup(dense, ids)
+    return tf.cast(rows, dtype)
 
 
 # --- output dtypes ----------------------------------------------------------------------------------------------
@@ -54,8 +62,8 @@ def test_every_spelling_of_a_supported_dtype(simple, layer_cls, spelling):
     ids = tf.constant([[1, 2], [3, 1100]], tf.int64)
     got = lookup(layer, ids)
     assert got.dtype == dtype
-    want = dense_reference(tables.dense("t0", 1.5, 1200), ids, layer_cls is hps.SparseLookupLayer)
-    np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want.numpy(), rtol=2.0**-7, atol=1e-6)
+    assert_bitwise_equal(got, dense_reference(tables.dense("t0", 1.5, 1200), ids, layer_cls is hps.SparseLookupLayer,
+                                              dtype))
 
 
 @pytest.mark.parametrize("layer_cls", LAYERS)
@@ -85,9 +93,8 @@ def test_keras_symbolic_outputs_carry_the_dtype_and_reload(simple, tmp_path, lay
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
     got = reloaded(x_in)
     assert got.dtype == dtype
-    np.testing.assert_array_equal(got.numpy(), want.numpy())
-    np.testing.assert_allclose(tf.cast(want, tf.float32).numpy(),
-                               dense_reference(tables.dense("t0", 1.5, 1200), x, sparse).numpy(), rtol=2.0**-7)
+    assert_bitwise_equal(got, want)
+    assert_bitwise_equal(want, dense_reference(tables.dense("t0", 1.5, 1200), x, sparse, dtype))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -116,9 +123,10 @@ def test_int32_keys_on_a_64_bit_model_are_the_same_keys(tables, layer_cls):
     got64 = lookup(layer, tf.cast(ids32, tf.int64)).numpy()
     np.testing.assert_array_equal(got32, got64)
     _, vectors = tables.rows["t0"]
-    expected_rows = np.stack([vectors[0], vectors[1], vectors[3], vectors[4], np.full(4, 9.0), vectors[2]])
+    expected_rows = np.stack([vectors[0], vectors[1], vectors[3], vectors[4], np.full(4, 9.0, np.float32), vectors[2]])
     want = expected_rows.reshape(3, 2, 4)
-    np.testing.assert_allclose(got32, want.sum(axis=1) if layer_cls is hps.SparseLookupLayer else want, rtol=1e-6)
+    # A sparse row of two keys is one float32 addition: numpy's sum of the pair gives the same bits.
+    assert_bitwise_equal(got32, want.sum(axis=1) if layer_cls is hps.SparseLookupLayer else want)
 
 
 @pytest.mark.parametrize("layer_cls", LAYERS)
@@ -131,7 +139,7 @@ def test_32_bit_models_take_int32_keys_and_refuse_int64(tables, layer_cls):
     _, vectors = tables.rows["t0"]
     want = vectors[[3, 1, 2, 0]].reshape(2, 2, 8)
     got = lookup(layer, ids).numpy()
-    np.testing.assert_allclose(got, want.sum(axis=1) if layer_cls is hps.SparseLookupLayer else want, rtol=1e-6)
+    assert_bitwise_equal(got, want.sum(axis=1) if layer_cls is hps.SparseLookupLayer else want)  # pairs: one addition
     with pytest.raises(tf.errors.InvalidArgumentError, match="keys are int64 but the config sets supportlonglong"):
         lookup(layer, tf.cast(ids, tf.int64))
 
@@ -196,7 +204,7 @@ def test_every_table_of_every_model_by_id(tables):
             ragged = tf.RaggedTensor.from_tensor(tf.constant(ids))
             got = hps.SparseLookupLayer(model, table_id, dim, tf.float32, path)(ragged, combiner="mean").numpy()
             want = tf.nn.embedding_lookup_sparse(dense, ragged, None, combiner="mean").numpy()
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+            assert_bitwise_equal(got, want)
     stats = hps.stats()
     for model, specs in MODELS.items():
         for table, *_ in specs:
@@ -239,8 +247,7 @@ def test_one_keras_model_uses_tables_of_both_models(tables, tmp_path):
         pad(tf.nn.embedding_lookup_sparse(d["bar", 0], x_ragged, None, combiner="sum", max_norm=2.0).numpy()),
         pad(tf.nn.embedding_lookup_sparse(d["foo", 1], x_ragged, x_weights, combiner="mean").numpy()),
     ], axis=1)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(got[:, :35], want[:, :35])  # plain lookups are exact
+    assert_bitwise_equal(got, want)
 
     model.save(tmp_path / "m.keras")
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
@@ -296,7 +303,7 @@ def test_32_bit_config_with_many_models(tables):
     got = hps.SparseLookupLayer("bar", 1, 3, tf.float32, path)(ragged, combiner="sum")
     want = tf.nn.embedding_lookup_sparse(table_dense(tables, "bar", 1, 2200),
                                          tf.RaggedTensor.from_tensor(absent), None, combiner="sum")
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    assert_bitwise_equal(got, want)
     with pytest.raises(tf.errors.InvalidArgumentError, match="supportlonglong"):
         hps.SparseLookupLayer("bar", 1, 3, tf.float32, path)(tf.RaggedTensor.from_tensor(tf.constant(ids, tf.int64)))
 

@@ -339,7 +339,7 @@ HUGE_ROWS = (
     "h = ops().tf_hps_init(ps_config=hps.load_config(sys.argv[1]).canonical_json)\n"
     "def run(rows, nnz=1):\n"
     "    return ops().tf_hps_sparse_lookup(keys=tf.range(nnz, dtype=tf.int64), segment_ids=tf.range(nnz, dtype=tf.int64),\n"
-    "        weights=tf.zeros([0]), num_rows=tf.constant(rows, tf.int64), ps_handle=h, model_name='foo', table_id=0,\n"
+    "        num_rows=tf.constant(rows, tf.int64), ps_handle=h, model_name='foo', table_id=0,\n"
     "        emb_vec_size=16)\n"
     "for rows in json.loads(sys.argv[2]):\n"
     "    try:\n"
@@ -368,7 +368,7 @@ def test_sparse_keys_that_are_not_a_vector(simple):
     _, path = simple
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="must be rank 1|keys must be a vector"):
         ops().tf_hps_sparse_lookup(keys=tf.constant([[1]], tf.int64), segment_ids=tf.constant([0], tf.int64),
-                                   weights=tf.zeros([0]), num_rows=tf.constant(1, tf.int64),
+                                   num_rows=tf.constant(1, tf.int64),
                                    ps_handle=handle_of(path), model_name="foo", table_id=0, emb_vec_size=16)
 
 

@@ -193,31 +193,25 @@ def fuzz_sparse(workdir):
     layers = {d: hps.SparseLookupLayer("fz", 0, DIM, d, path) for d in (tf.float32, tf.float16, tf.bfloat16)}
     # num_rows: negative, small, a few thousand, too large to allocate, and past int64 once multiplied.
     num_rows_values = st.one_of(st.integers(-3, 12), st.sampled_from([5000, 70000, 2**44, 2**62]))
-    floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
     @hypothesis_settings(250)
     @given(data=st.data(), nnz=st.integers(0, 20), num_rows=num_rows_values, key_dtype=st.sampled_from(["int32", "int64"]),
-           seg_dtype=st.sampled_from(["int32", "int64"]), weighted=st.booleans(),
-           weights_len_delta=st.sampled_from([0, 0, 0, 1, -1]), combiner=st.sampled_from(["sum", "mean", "sqrtn"]),
-           max_norm=st.one_of(st.just(-1.0), floats), dtype=st.sampled_from([tf.float32, tf.float16, tf.bfloat16]),
+           seg_dtype=st.sampled_from(["int32", "int64"]), combiner=st.sampled_from(["sum", "mean", "sqrtn"]),
+           dtype=st.sampled_from([tf.float32, tf.float16, tf.bfloat16]),
            emb_vec_size=st.one_of(st.just(DIM), st.integers(1, 8)))
-    def check_op(data, nnz, num_rows, key_dtype, seg_dtype, weighted, weights_len_delta, combiner, max_norm, dtype,
-                 emb_vec_size):
+    def check_op(data, nnz, num_rows, key_dtype, seg_dtype, combiner, dtype, emb_vec_size):
         keys = data.draw(st.lists(key_values(st), min_size=nnz, max_size=nnz))
         top = min(num_rows, 14)
         segments = data.draw(st.lists(st.integers(-2, max(top, 0) + 1), min_size=nnz, max_size=nnz))
-        n_weights = max(0, nnz + weights_len_delta) if weighted else data.draw(st.sampled_from([0, 0, 0, 1]))
-        weights = data.draw(st.lists(floats, min_size=n_weights, max_size=n_weights))
         rec.trying(f"sparse op: keys {key_dtype} {keys!r} segments {seg_dtype} {segments!r} num_rows {num_rows} "
-                   f"weighted {weighted} weights {weights!r} combiner {combiner} max_norm {max_norm} "
-                   f"dtype {dtype.name} emb_vec_size {emb_vec_size}")
+                   f"combiner {combiner} dtype {dtype.name} emb_vec_size {emb_vec_size}")
         try:
             out = ops().tf_hps_sparse_lookup(
                 keys=tf.constant(np.array(keys, np.int64).astype(key_dtype)),
                 segment_ids=tf.constant(np.array(segments, np.int64).astype(seg_dtype)),
-                weights=tf.constant(np.array(weights, np.float32).reshape(-1)), num_rows=tf.constant(num_rows, tf.int64),
+                num_rows=tf.constant(num_rows, tf.int64),
                 ps_handle=handle, model_name="fz", table_id=0, emb_vec_size=emb_vec_size, combiner=combiner,
-                weighted=weighted, max_norm=max_norm, dtype=dtype)
+                dtype=dtype)
         except allowed as e:
             rec.count(type(e).__name__)
         else:

@@ -6,7 +6,9 @@ graphs run by a ``tf.compat.v1.Session`` (also with eager execution disabled, in
 ``model.predict`` with a ragged last batch, a ``.keras`` file reloaded in a fresh process that only
 imports tf_hps, ``keras.layers.TFSMLayer`` over an export, and ``tf.distribute.MirroredStrategy`` over
 two logical CPUs (``strategy.run`` and ``model.predict``). SparseLookupLayer rides along in the Keras
-paths, compared with ``tf.nn.embedding_lookup_sparse``.
+paths, compared with ``tf.nn.embedding_lookup_sparse``, also bit for bit. The Keras models' Dense head
+is float math TF computes in another order at another batch shape or in another process: it is
+compared within float32 rounding (tf_hps.testing.rounding_bound).
 """
 
 import json
@@ -18,6 +20,7 @@ import tensorflow as tf
 
 import tf_hps as hps
 from conftest import ROOT, run_python
+from tf_hps import testing
 
 DIM = 8
 ROWS = 600
@@ -185,6 +188,7 @@ print(json.dumps({"lookups": stats["lookups"], "refreshed": hps.refresh_cache()}
 """
 
 
+@pytest.mark.serving
 def test_tf1_mode_with_eager_execution_disabled(served, tmp_path):
     path, dense = served
     ids = random_ids(4, (12, 3))
@@ -203,9 +207,6 @@ def test_tf1_mode_with_eager_execution_disabled(served, tmp_path):
 #
 # The Keras models take dense ids (None, 3) through a LookupLayer (+ a Dense head) and, where the path
 # carries sparse inputs, a SparseTensor (None, None) through a SparseLookupLayer (combiner "mean").
-
-SPARSE_TOL = dict(rtol=1e-6, atol=1e-6)  # the combiner may add a row's keys in another order
-
 
 def random_sparse(seed, rows, width=5):
     """A (rows, width) SparseTensor of keys in canonical order, at least one key per row."""
@@ -231,9 +232,13 @@ def lookup_model(path, sparse):
     return keras.Model([ids, sp_ids], [emb, head, combined])
 
 
-def dense_head(model, emb):
-    kernel, bias = (w.numpy() for w in model.get_layer("head").weights)
-    return emb.reshape(len(emb), -1) @ kernel + bias
+def check_head(model, emb, head):
+    """The Dense head's outputs against float64 arithmetic on the exact embeddings, within float32 rounding."""
+    layer = model.get_layer("head")
+    kernel, bias = (w.numpy().astype(np.float64) for w in layer.weights)
+    exact = emb.reshape(len(emb), -1).astype(np.float64) @ kernel + bias
+    bound = testing.rounding_bound(emb, [keras.layers.Flatten(), layer])
+    testing.assert_within_rounding(head, exact, bound, "Dense head", desired_is_exact=True)
 
 
 def test_model_predict_with_a_batch_size_that_does_not_divide_the_data(served):
@@ -242,8 +247,8 @@ def test_model_predict_with_a_batch_size_that_does_not_divide_the_data(served):
     ids, sp_ids = random_ids(5, (103, 3)), random_sparse(5, 103)  # 6 batches of 16 and one of 7
     emb, head, combined = model.predict([ids, sp_ids], batch_size=16, verbose=0)
     np.testing.assert_array_equal(emb, reference(dense, ids))
-    np.testing.assert_allclose(head, dense_head(model, emb), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(combined, sparse_reference(dense, sp_ids), **SPARSE_TOL)
+    check_head(model, emb, head)
+    testing.assert_bitwise_equal(combined, sparse_reference(dense, sp_ids))
     dense_only = lookup_model(path, sparse=False)
     dataset = tf.data.Dataset.from_tensor_slices(ids).batch(10)  # a ragged last batch from a dataset
     np.testing.assert_array_equal(dense_only.predict(dataset, verbose=0)[0], reference(dense, ids))
@@ -269,19 +274,22 @@ np.savez(sys.argv[4], emb=emb, head=head, combined=combined)
 """
 
 
+@pytest.mark.serving
 def test_keras_file_reloads_in_a_fresh_process_that_only_imports_tf_hps(served, tmp_path):
     path, dense = served
     model = lookup_model(path, sparse=True)
     ids, sp_ids = random_ids(7, (13, 3)), random_sparse(7, 13)
-    _, want_head, _ = model.predict([ids, sp_ids], verbose=0)
+    want_emb, want_head, _ = model.predict([ids, sp_ids], verbose=0)
     model.save(tmp_path / "m.keras")
     np.savez(tmp_path / "in.npz", ids=ids, indices=sp_ids.indices.numpy(), values=sp_ids.values.numpy(),
              dense_shape=sp_ids.dense_shape.numpy())
     run_python(LOAD_KERAS, ROOT, str(tmp_path / "m.keras"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz"))
     got = np.load(tmp_path / "out.npz")
     np.testing.assert_array_equal(got["emb"], reference(dense, ids))
-    np.testing.assert_allclose(got["head"], want_head, rtol=1e-5, atol=1e-5)  # the Dense weights came back
-    np.testing.assert_allclose(got["combined"], sparse_reference(dense, sp_ids), **SPARSE_TOL)
+    # The Dense weights came back: the head agrees with this process's within float32 rounding.
+    bound = testing.rounding_bound(want_emb, [keras.layers.Flatten(), model.get_layer("head")])
+    testing.assert_within_rounding(got["head"], want_head, bound, "reloaded Dense head")
+    testing.assert_bitwise_equal(got["combined"], sparse_reference(dense, sp_ids))
 
 
 def test_tfsmlayer_over_a_model_export_inside_a_new_keras_model(served, tmp_path):
@@ -294,8 +302,8 @@ def test_tfsmlayer_over_a_model_export_inside_a_new_keras_model(served, tmp_path
     wrapper = keras.Model(ids_in, [keras.layers.Rescaling(2.0)(emb), head])
     ids = random_ids(8, (21, 3))
     doubled, head_out = wrapper.predict(ids, batch_size=8, verbose=0)
-    np.testing.assert_array_equal(doubled, 2.0 * reference(dense, ids))
-    np.testing.assert_allclose(head_out, dense_head(model, reference(dense, ids)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(doubled, 2.0 * reference(dense, ids))  # times 2: exact
+    check_head(model, reference(dense, ids), head_out)
     emb_eager, _ = served_layer(tf.constant(ids[:4]))  # called directly, eagerly
     np.testing.assert_array_equal(emb_eager.numpy(), reference(dense, ids[:4]))
 
@@ -318,7 +326,7 @@ def test_tfsmlayer_over_an_export_with_a_sparse_input_inside_a_new_keras_model(s
     ids, sp_ids = random_ids(9, (11, 3)), random_sparse(9, 11)
     got_emb, negated = wrapper.predict([ids, sp_ids], batch_size=4, verbose=0)
     np.testing.assert_array_equal(got_emb, reference(dense, ids))
-    np.testing.assert_allclose(-negated, sparse_reference(dense, sp_ids), **SPARSE_TOL)
+    testing.assert_bitwise_equal(-negated, sparse_reference(dense, sp_ids))  # times -1: exact
 
 
 MIRRORED = """
@@ -367,6 +375,7 @@ print(json.dumps({"devices": len(tf.config.list_logical_devices("CPU"))}))
 """
 
 
+@pytest.mark.serving
 def test_mirrored_strategy_over_two_logical_cpus(served, tmp_path):
     path, dense = served
     ids = random_ids(9, (2, 4, 3))
@@ -382,5 +391,5 @@ def test_mirrored_strategy_over_two_logical_cpus(served, tmp_path):
     for replica in range(2):  # each replica answered its own keys
         np.testing.assert_array_equal(got["plain"][replica], reference(dense, ids[replica]))
         np.testing.assert_array_equal(got["clipped"][replica], reference(dense, ids[replica], max_norm=0.5))
-        np.testing.assert_allclose(got[f"combined{replica}"], sparse_reference(dense, sp_ids[replica]), **SPARSE_TOL)
+        testing.assert_bitwise_equal(got[f"combined{replica}"], sparse_reference(dense, sp_ids[replica]))
     np.testing.assert_array_equal(got["predicted"], reference(dense, predict_ids))

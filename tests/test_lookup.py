@@ -153,6 +153,7 @@ def test_layer_config_round_trips_and_keras_files_reload(simple, tmp_path):
     want = model.predict(x, verbose=0)
     model.save(tmp_path / "m.keras")
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    # The same computation on both sides (one process, one batch, the same layers): the same bits.
     np.testing.assert_array_equal(reloaded.predict(x, verbose=0), want)
     config = model.layers[1].get_config()
     assert {k: config[k] for k in ("model_name", "table_id", "emb_vec_size", "emb_vec_dtype", "ps_config_file")} == {

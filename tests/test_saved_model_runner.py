@@ -1,4 +1,10 @@
-"""serving/saved_model_runner: C++ serving of a Keras 3 export, no Python."""
+"""serving/saved_model_runner: C++ serving of a Keras 3 export, no Python.
+
+Each export answers embeddings and a Dense head's scores. Embeddings are compared bit for bit (a
+lookup is exact); scores within float32 rounding of the in-process model (tf_hps.testing), since the
+runner's matmul may sum in another order (another batch shape, process or CPU). Concurrent runs of
+one batch in one process must give the first run's bits (the runner's own `mismatches` count).
+"""
 
 import os
 import re
@@ -8,12 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import Served, child_env
+from tf_hps import testing
+
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "build" / "saved_model_runner"
 # The runner with //:tf_hps_ops_static linked in (scripts/bazel_build.sh); runs from bazel-bin (RUNPATH).
 STATIC_RUNNER = REPO / "build" / "bazel-bin" / "saved_model_runner_static"
 OP_LIBRARY = REPO / "tf_hps" / "_tf_hps_ops.so"
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1"}
+ENV = child_env(TF_CPP_MIN_LOG_LEVEL="1")
+
+pytestmark = pytest.mark.serving
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +46,22 @@ def exported(tmp_path_factory):
 
     keras.utils.set_random_seed(1234)
     ids_in = keras.Input((3,), dtype="int64", name="ids")
-    x = keras.layers.Embedding(50, 4)(ids_in)
-    x = keras.layers.Flatten()(x)
-    model = keras.Model(ids_in, keras.layers.Dense(2)(x))
+    embedding = keras.layers.Embedding(50, 4)
+    emb = embedding(ids_in)
+    flatten, head = keras.layers.Flatten(), keras.layers.Dense(2)
+    model = keras.Model(ids_in, {"embeddings": emb, "scores": head(flatten(emb))})
 
     root = tmp_path_factory.mktemp("runner")
     model.export(str(root / "model"), verbose=False)
     ids = np.random.default_rng(0).integers(0, 50, size=(6, 3), dtype=np.int64)
     np.save(root / "ids.npy", ids)
-    return root, model.predict(ids, verbose=0)
+    want_emb = embedding.embeddings.numpy()[ids]
+    return root, Served(want_emb, model.predict(ids, verbose=0)["scores"],
+                          testing.rounding_bound(want_emb, [flatten, head]))
+
+
+def outputs_in(out_dir):
+    return {p.stem: np.load(p) for p in Path(out_dir).glob("*.npy")}
 
 
 def run(runner, root, out_dir, *extra, ids=None):
@@ -60,12 +78,7 @@ def test_output_matches_keras_predict(runner, exported, tmp_path):
     proc = run(runner, root, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "calls=1 errors=0 mismatches=0" in proc.stdout
-
-    outputs = sorted(p.name for p in tmp_path.glob("*.npy"))
-    assert outputs == ["output_0.npy"]
-    got = np.load(tmp_path / "output_0.npy")
-    assert got.dtype == np.float32 and got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    expected.check(outputs_in(tmp_path))
 
 
 def test_concurrent_calls_are_bitwise_equal(runner, exported, tmp_path):
@@ -75,8 +88,7 @@ def test_concurrent_calls_are_bitwise_equal(runner, exported, tmp_path):
     summary = re.search(r"calls=(\d+) errors=(\d+) mismatches=(\d+)", proc.stdout)
     assert summary, proc.stdout
     assert summary.groups() == ("81", "0", "0")  # the first call + 4 x 20
-    np.testing.assert_allclose(np.load(tmp_path / "output_0.npy"), expected,
-                               rtol=0, atol=1e-6)
+    expected.check(outputs_in(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -117,7 +129,8 @@ def hps_exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("hps_runner")
     rng = np.random.default_rng(3)
-    hps.save_table(root / "items", np.arange(0, 3000, 3), rng.standard_normal((1000, 8)).astype(np.float32))
+    vectors = rng.standard_normal((1000, 8)).astype(np.float32)
+    hps.save_table(root / "items", np.arange(0, 3000, 3), vectors)
     config = root / "ps_config.json"
     config.write_text(json.dumps({"supportlonglong": True, "models": [{
         "model": "m", "sparse_files": [str(root / "items")], "embedding_vecsize_per_table": [8],
@@ -126,9 +139,14 @@ def hps_exported(tmp_path_factory):
     keras.utils.set_random_seed(7)
     ids_in = keras.Input((5,), dtype="int64", name="ids")
     emb = hps.LookupLayer("m", 0, 8, tf.float32, str(config))(ids_in)
-    model = keras.Model(ids_in, keras.layers.Dense(3)(keras.layers.Flatten()(emb)))
+    flatten, head = keras.layers.Flatten(), keras.layers.Dense(3)
+    model = keras.Model(ids_in, {"embeddings": emb, "scores": head(flatten(emb))})
     ids = rng.integers(-20, 3100, size=(40, 5), dtype=np.int64)  # absent keys get the default
-    expected = model.predict(ids, verbose=0)
+    dense = np.full((3100, 8), 0.5, np.float32)
+    dense[np.arange(0, 3000, 3)] = vectors
+    want_emb = dense[np.clip(ids, 0, None)]
+    want_emb[ids < 0] = 0.5
+    expected = Served(want_emb, model.predict(ids, verbose=0)["scores"], testing.rounding_bound(want_emb, [flatten, head]))
     model.export(str(root / "model"), verbose=False)
     config.unlink()  # the export carries its config
     np.save(root / "ids.npy", ids)
@@ -139,7 +157,7 @@ def check_concurrent_run(proc, out_dir, expected, calls):
     assert proc.returncode == 0, proc.stderr
     summary = re.search(r"calls=(\d+) errors=(\d+) mismatches=(\d+)", proc.stdout)
     assert summary and summary.groups() == (str(calls), "0", "0"), proc.stdout
-    np.testing.assert_allclose(np.load(out_dir / "output_0.npy"), expected, rtol=0, atol=1e-5)
+    expected.check(outputs_in(out_dir))
     assert proc.stderr.count("loaded into the hash_map") == 1, proc.stderr  # one parameter server
 
 

@@ -38,10 +38,15 @@ _EXPORTS = {
     "save_embedding_layer": "tf_hps.tables",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+# Submodules reachable as attributes (hps.testing) without an import of their own.
+_SUBMODULES = ("testing",)
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ["__version__"]
 
 
 def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tf_hps.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'tf_hps' has no attribute {name!r}")

@@ -37,6 +37,25 @@ def _check_keys(keys, layer: str, what: str) -> None:
         )
 
 
+def _check_max_norm(max_norm):
+    """None, a number >= 0, or a float tensor or variable (used as tf.clip_by_norm uses it)."""
+    if max_norm is None:
+        return None
+    if isinstance(max_norm, bool):
+        raise TypeError("max_norm must be None, a number or a float tensor, got bool")
+    if isinstance(max_norm, numbers.Real):
+        if not max_norm >= 0:
+            raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
+        return float(max_norm)
+    if isinstance(max_norm, (tf.Tensor, tf.Variable)) or tf.is_tensor(max_norm):
+        if not max_norm.dtype.is_floating:
+            raise TypeError(f"max_norm must be a float tensor, got {max_norm.dtype.name}")
+        if max_norm.shape.rank not in (None, 0):
+            raise ValueError(f"max_norm must be a scalar, got shape {max_norm.shape}")
+        return max_norm
+    raise TypeError(f"max_norm must be None, a number or a float tensor, got {type(max_norm).__name__}")
+
+
 class _TableLayer(keras.layers.Layer):
     """What both layers share: the table they name, its config, the handle op."""
 
@@ -203,7 +222,8 @@ class SparseLookupLayer(_TableLayer):
         emb_vec_size: the table's dimension; must equal
             ``embedding_vecsize_per_table[table_id]``.
         emb_vec_dtype: dtype of the output: float32, float16 or bfloat16.
-            Rows are combined in float32 and rounded once.
+            Rows are combined in float32 and rounded once (TF's float32
+            result, cast).
         ps_config_file: HPS JSON config. Empty: the config of the last
             ``hps.Init`` call. The config travels inside the exported model.
         global_batch_size: as in HPS; kept for compatibility.
@@ -222,13 +242,18 @@ class SparseLookupLayer(_TableLayer):
     - ``combiner``: ``"sum"`` (of weight × row), ``"mean"`` (sum / sum of
       weights) or ``"sqrtn"`` (sum / sqrt(sum of squared weights)); a divisor
       of 0 gives zeros. ``None`` means ``"mean"``.
-    - ``max_norm``: if not ``None``, a number: each row whose L2 norm exceeds
-      it is scaled down to it before combining (as ``tf.clip_by_norm``).
+    - ``max_norm``: if not ``None``, a number >= 0, or a float scalar tensor or
+      variable: each row whose L2 norm exceeds it is scaled down to it before
+      combining (as ``tf.clip_by_norm``).
     - ``name``: accepted for compatibility with HPS, unused.
 
-    Returns ``emb_vec_dtype`` of shape ``[sp_ids.shape[0], emb_vec_size]``.
-    The combination runs in one op: each distinct key is looked up once and
-    no per-key rows are materialised.
+    Returns ``emb_vec_dtype`` of shape ``[sp_ids.shape[0], emb_vec_size]``,
+    equal to ``tf.nn.embedding_lookup_sparse`` on the same table bit for bit
+    (run the same way: eagerly, or both traced). Without weights and
+    ``max_norm`` one op combines: each distinct key is looked up once, no
+    per-key rows are materialised, and rows are summed in the order of TF's
+    sparse segment kernels. With either, TF's own clipping and segment ops
+    combine the looked-up rows, since their order depends on TF's build.
 
     Example:
         >>> layer = SparseLookupLayer("foo", 0, 16, tf.float32, "ps_config.json")  # doctest: +SKIP
@@ -243,18 +268,11 @@ class SparseLookupLayer(_TableLayer):
             combiner = "mean"
         if combiner not in _COMBINERS:
             raise ValueError(f"combiner must be one of 'sum', 'mean' or 'sqrtn', got {combiner!r}")
-        clip = -1.0
-        if max_norm is not None:
-            if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
-                raise TypeError(f"max_norm must be None or a Python number, got {type(max_norm).__name__}")
-            if not max_norm >= 0:
-                raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
-            clip = float(max_norm)
+        max_norm = _check_max_norm(max_norm)
         keys, segments, num_rows, static_rows = _sparse_parts(sp_ids, "SparseLookupLayer sp_ids")
         _check_keys(keys, "SparseLookupLayer", "sp_ids")
-        if sp_weights is None:
-            weights = tf.zeros([0], tf.float32)
-        else:
+        weights = None
+        if sp_weights is not None:
             if isinstance(sp_weights, tf.compat.v1.SparseTensorValue):
                 sp_weights = tf.SparseTensor.from_value(sp_weights)
             if type(sp_weights) is not type(sp_ids):
@@ -270,21 +288,85 @@ class SparseLookupLayer(_TableLayer):
                     "they must have the same indices"
                 )
             weights = tf.cast(weights, tf.float32)
-        embeddings = ops().tf_hps_sparse_lookup(
-            keys=keys,
-            segment_ids=segments,
-            weights=weights,
-            num_rows=tf.cast(num_rows, tf.int64),
+        num_rows = tf.cast(num_rows, tf.int64)
+        if weights is None and max_norm is None:
+            embeddings = ops().tf_hps_sparse_lookup(
+                keys=keys,
+                segment_ids=segments,
+                num_rows=num_rows,
+                ps_handle=self._handle(),
+                model_name=self.model_name,
+                table_id=self.table_id,
+                emb_vec_size=self.emb_vec_size,
+                combiner=combiner,
+                dtype=self.emb_vec_dtype,
+            )
+        else:
+            embeddings = self._combine_with_tf_ops(keys, segments, num_rows, weights, combiner, max_norm)
+        embeddings.set_shape([static_rows, self.emb_vec_size])
+        return embeddings
+
+    def _combine_with_tf_ops(self, keys, segments, num_rows, weights, combiner, max_norm):
+        """Weights or max_norm: the rows combined by TF's own ops, as tf.nn.embedding_lookup_sparse does.
+
+        TF clips rows and sums weighted rows with reductions whose order depends on how TensorFlow was
+        built, so only its own kernels give its bits. The lookup still reads each distinct key once.
+        """
+        segments = tf.cast(segments, tf.int64)
+        checks = [
+            tf.debugging.assert_non_negative(segments, message="SparseLookupLayer: a row index of sp_ids is below 0"),
+            tf.debugging.assert_less(
+                segments, num_rows, message="SparseLookupLayer: a row index of sp_ids is out of range (dense_shape[0])"
+            ),
+        ]
+        if weights is not None:
+            checks.append(tf.debugging.assert_equal(
+                tf.size(weights), tf.size(keys),
+                message="SparseLookupLayer: sp_weights must have as many values as sp_ids (the same indices)"))
+        with tf.control_dependencies(checks):
+            segments = tf.identity(segments)
+        # TF's segment kernels take keys in row order: a SparseTensor in another order is sorted by row,
+        # stably, which keeps each row's keys in their order.
+        parts = (keys, segments) if weights is None else (keys, segments, weights)
+        in_order = tf.reduce_all(segments[1:] >= segments[:-1])
+        parts = tf.cond(
+            in_order,
+            lambda: parts,
+            lambda: tuple(tf.gather(p, tf.argsort(segments, stable=True)) for p in parts),
+        )
+        keys, segments = parts[0], parts[1]
+        if max_norm is None:  # a row per key: equal to TF's gather of the distinct rows
+            lookup_keys, index = keys, tf.range(tf.shape(keys, out_type=tf.int64)[0])
+        else:  # the distinct rows, clipped once each, as TF clips them
+            lookup_keys, index = tf.unique(keys, out_idx=tf.int64)
+        rows = ops().tf_hps_lookup(
+            keys=lookup_keys,
             ps_handle=self._handle(),
             model_name=self.model_name,
             table_id=self.table_id,
             emb_vec_size=self.emb_vec_size,
-            combiner=combiner,
-            weighted=sp_weights is not None,
-            max_norm=clip,
-            dtype=self.emb_vec_dtype,
         )
-        embeddings.set_shape([static_rows, self.emb_vec_size])
+        if max_norm is not None:
+            rows = tf.clip_by_norm(rows, max_norm, axes=[1])
+        if weights is None:
+            reduce = {"sum": tf.sparse.segment_sum, "mean": tf.sparse.segment_mean, "sqrtn": tf.sparse.segment_sqrt_n}
+            embeddings = reduce[combiner](rows, index, segments, num_segments=num_rows)
+        else:
+            weights = tf.reshape(parts[2], [-1, 1])
+            segments = tf.cast(segments, tf.int32)
+            if max_norm is not None:
+                rows = tf.gather(rows, index)
+            embeddings = tf.math.segment_sum(rows * weights, segments)
+            if combiner == "mean":
+                embeddings = tf.math.divide_no_nan(embeddings, tf.math.segment_sum(weights, segments))
+            elif combiner == "sqrtn":
+                divisor = tf.sqrt(tf.math.segment_sum(tf.pow(weights, 2), segments))
+                embeddings = tf.math.divide_no_nan(embeddings, divisor)
+            # segment_sum ends at the last row with keys; the rows after it are empty: zeros.
+            missing = num_rows - tf.shape(embeddings, out_type=tf.int64)[0]
+            embeddings = tf.pad(embeddings, tf.stack([tf.stack([tf.constant(0, tf.int64), missing]), [0, 0]]))
+        if self.emb_vec_dtype != tf.float32:
+            embeddings = tf.cast(embeddings, self.emb_vec_dtype)
         return embeddings
 
     def compute_output_shape(self, sp_ids_shape, sp_weights_shape=None):

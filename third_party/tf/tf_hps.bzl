@@ -2,9 +2,12 @@
 
 # Matches the make build. The -Wno flags silence warnings that come from the
 # TF/Eigen headers only (deprecated tsl names, -Winterference-size).
+# -ffp-contract=off: no product and sum fused into one FMA, so the combiners
+# give TF's bits (ops/sparse_combine.h) whatever -march a build adds.
 _COPTS = [
     "-O2",
     "-fPIC",
+    "-ffp-contract=off",
     "-Wno-deprecated-declarations",
     "-Wno-interference-size",
 ]
