@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/table_file.h"
 
 namespace tf_hps {
 namespace {
@@ -410,6 +411,25 @@ std::string ResolvePath(const std::string& path, const std::string& base_dir) {
   return (std::filesystem::path(base_dir) / p).lexically_normal().string();
 }
 
+// A config file's relative table folder: in the file's folder if it is there,
+// else (HPS's way) in the working directory if it is there, else the file's
+// folder, noting both places for the loader's "does not exist" error.
+std::string ResolveTableFolder(const std::string& written, const std::string& base_dir) {
+  if (base_dir.empty() || std::filesystem::path(written).is_absolute()) return ResolvePath(written, base_dir);
+  std::error_code ec;
+  const std::string in_config_folder = ResolvePath(written, base_dir);
+  if (std::filesystem::exists(in_config_folder, ec)) return in_config_folder;
+  const std::filesystem::path cwd = std::filesystem::current_path(ec);
+  if (!ec) {
+    const std::string in_working_dir = (cwd / written).lexically_normal().string();
+    if (std::filesystem::exists(in_working_dir, ec)) return in_working_dir;
+    NoteTableFolderSearch(in_config_folder, "the config names '" + written + "': looked in the config file's folder, " +
+                                                in_config_folder + ", then in the working directory, " +
+                                                in_working_dir);
+  }
+  return in_config_folder;
+}
+
 // The certificate and key files of a section with TLS on resolve like the
 // other paths; with TLS off they are left as written (never opened).
 template <class Section>
@@ -446,7 +466,7 @@ void ValidateModel(ModelConfig& m, const std::string& at, const std::string& bas
     CheckPositive(m.maxnum_catfeature_query_per_table_per_sample[i],
                   at + ".maxnum_catfeature_query_per_table_per_sample" + idx);
     if (m.sparse_files[i].empty()) Fail(at + ".sparse_files" + idx, "empty path");
-    m.sparse_files[i] = ResolvePath(m.sparse_files[i], base_dir);
+    m.sparse_files[i] = ResolveTableFolder(m.sparse_files[i], base_dir);
   }
   if (m.default_value_for_each_table.size() > n)
     Fail(at + ".default_value_for_each_table",

@@ -146,7 +146,8 @@ struct ParameterServerConfig {
 
 // Parses HPS JSON text. Relative paths (sparse_files, persistent_db.path,
 // and the tls_* files of a section with enable_tls) resolve against `base_dir` (the config file's folder); an empty base_dir
-// leaves them as they are. Unknown keys are not errors: each one appends a
+// leaves them as they are. A relative sparse_files folder that is not in
+// base_dir but is in the working directory (where HPS looked) resolves there. Unknown keys are not errors: each one appends a
 // message to `warnings`. Throws HpsError(kInvalidArgument) naming the JSON
 // path on a missing required key, a wrong type or an invalid value.
 ParameterServerConfig ParseConfig(const std::string& json_text,

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <numeric>
+#include <random>
 #include <thread>
 
 #include "core/error.h"
@@ -632,6 +634,62 @@ std::vector<std::shared_ptr<const ParameterServer>> ParameterServerRegistry::All
   std::vector<std::shared_ptr<const ParameterServer>> servers;
   for (const auto& [handle, server] : by_handle_) servers.push_back(server);
   return servers;
+}
+
+namespace {
+
+std::string CanonicalPath(const std::string& path) {
+  std::error_code ec;
+  const std::filesystem::path canonical = std::filesystem::weakly_canonical(std::filesystem::absolute(path, ec), ec);
+  return ec ? path : canonical.string();
+}
+
+}  // namespace
+
+void ParameterServerRegistry::Bind(const std::string& config_path, const std::string& handle) {
+  const std::shared_ptr<const ParameterServer> server = Find(handle);
+  Binding binding{CanonicalPath(config_path), handle, {}};
+  for (const ModelConfig& m : server->config().models) binding.models.push_back(m.model);
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = bindings_.begin(); it != bindings_.end(); ++it) {
+    if (it->config_path == binding.config_path) {
+      bindings_.erase(it);
+      break;
+    }
+  }
+  bindings_.push_back(std::move(binding));
+}
+
+std::string ParameterServerRegistry::ResolveBound(const std::string& model_name) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Binding* found = nullptr;
+  for (const Binding& b : bindings_) {
+    if (std::find(b.models.begin(), b.models.end(), model_name) == b.models.end()) continue;
+    if (found != nullptr)
+      throw HpsError(ErrorCode::kFailedPrecondition,
+                     "model '" + model_name + "' is in two configs loaded by hps.Init: '" + found->config_path +
+                         "' and '" + b.config_path + "'; rename one, or give the layer its ps_config_file");
+    found = &b;
+  }
+  return found == nullptr ? std::string() : found->handle;
+}
+
+std::string ParameterServerRegistry::BoundForFile(const std::string& config_path) const {
+  const std::string canonical = CanonicalPath(config_path);
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const Binding& b : bindings_)
+    if (b.config_path == canonical) return b.handle;
+  return std::string();
+}
+
+const std::string& ParameterServerRegistry::ProcessToken() {
+  static const std::string* token = [] {
+    std::random_device device;
+    std::mt19937_64 bits((static_cast<uint64_t>(device()) << 32) ^ device() ^
+                         static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+    return new std::string("p" + std::to_string(bits()));
+  }();
+  return *token;
 }
 
 int64_t ParameterServerRegistry::num_created() const {

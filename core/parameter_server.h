@@ -230,7 +230,31 @@ class ParameterServerRegistry {
   // Every server created so far.
   std::vector<std::shared_ptr<const ParameterServer>> All() const;
 
+  // hps.Init: the server behind `handle`, read from the config file at
+  // `config_path`, serves each of its models for the process (see
+  // ResolveBound). A later Init of the same file replaces the earlier one.
+  void Bind(const std::string& config_path, const std::string& handle);
+
+  // The handle hps.Init bound for `model_name`, or "" if none did. Throws
+  // HpsError(kFailedPrecondition) naming the files when Inits of two
+  // different files name the model.
+  std::string ResolveBound(const std::string& model_name) const;
+
+  // The handle of the server hps.Init bound for the file at `config_path`
+  // (compared as canonical paths), or "".
+  std::string BoundForFile(const std::string& config_path) const;
+
+  // A random id of this process, which traced graphs carry so that an op
+  // can tell a graph traced here from one loaded from another process's
+  // export (ops/hps_kernels.cc, TfHpsInit).
+  static const std::string& ProcessToken();
+
  private:
+  struct Binding {
+    std::string config_path;  // canonical
+    std::string handle;
+    std::vector<std::string> models;
+  };
   struct Entry {
     std::mutex init_mutex;
     std::string handle;
@@ -239,6 +263,7 @@ class ParameterServerRegistry {
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<Entry>> by_config_;
   std::map<std::string, std::shared_ptr<const ParameterServer>> by_handle_;
+  std::vector<Binding> bindings_;  // one per config file hps.Init read, in Init order
   int64_t num_created_ = 0;
 };
 

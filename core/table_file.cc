@@ -2,7 +2,9 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "core/error.h"
@@ -42,11 +44,31 @@ void ReadExactly(std::FILE* f, void* out, size_t bytes, const std::string& path)
     throw HpsError(ErrorCode::kInternal, "short read from table file '" + path + "' (changed while loading?)");
 }
 
+std::mutex search_notes_mutex;
+std::map<std::string, std::string>& SearchNotes() {
+  static auto* notes = new std::map<std::string, std::string>();  // never destroyed
+  return *notes;
+}
+
+std::string SearchNote(const std::string& folder) {
+  std::lock_guard<std::mutex> lock(search_notes_mutex);
+  auto it = SearchNotes().find(folder);
+  return it == SearchNotes().end() ? std::string() : it->second;
+}
+
 }  // namespace
+
+void NoteTableFolderSearch(const std::string& folder, const std::string& note) {
+  std::lock_guard<std::mutex> lock(search_notes_mutex);
+  SearchNotes()[folder] = note;
+}
 
 TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim) {
   std::error_code ec;
-  if (!fs::exists(folder, ec)) ThrowNotFound("table folder '" + folder + "' does not exist");
+  if (!fs::exists(folder, ec)) {
+    const std::string note = SearchNote(folder);
+    ThrowNotFound("table folder '" + folder + "' does not exist" + (note.empty() ? "" : " (" + note + ")"));
+  }
   if (!fs::is_directory(folder, ec))
     ThrowInvalidArgument("table folder '" + folder +
                          "' is a file, not a folder (sparse_files names one folder per table, holding 'key' "

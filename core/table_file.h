@@ -20,7 +20,8 @@ struct TableFolderInfo {
 };
 
 // Checks that `folder` holds `key` and `emb_vector` files of consistent sizes
-// for vectors of `dim` floats. Throws HpsError naming the file and sizes.
+// for vectors of `dim` floats. Throws HpsError naming the file and sizes (and,
+// for a folder that does not exist, where else it was looked for: below).
 TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim);
 
 // Calls on_chunk(keys (n), vectors (n, dim), n) for consecutive chunks of at
@@ -33,6 +34,12 @@ TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim);
 using TableChunkFn = std::function<void(const int64_t* keys, const float* vectors, int64_t n)>;
 void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, bool keys_are_32_bit,
                      const TableChunkFn& on_chunk);
+
+// Where a config file's relative table folder was looked for, when it was in
+// none of the places (config.cc: the file's folder, then the working
+// directory): InspectTableFolder's "does not exist" error for `folder` (the
+// path the config resolved to) then ends with `note`. Process-wide.
+void NoteTableFolderSearch(const std::string& folder, const std::string& note);
 
 }  // namespace tf_hps
 

@@ -10,6 +10,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "core/parameter_server.h"
 #include "core/scratch.h"
 #include "core/unique_keys.h"
@@ -58,6 +59,14 @@ class InitOp : public OpKernel {
  public:
   explicit InitOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("ps_config", &config_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("ps_config_file", &config_file_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("model_name", &model_name_));
+    std::string traced_in;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("traced_in", &traced_in));
+    traced_here_ = !traced_in.empty() && traced_in == ParameterServerRegistry::ProcessToken();
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bind", &bind_));
+    OP_REQUIRES(ctx, !bind_ || (!config_.empty() && !config_file_.empty()),
+                absl::InvalidArgumentError("TfHpsInit with bind needs ps_config and ps_config_file"));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -65,7 +74,7 @@ class InitOp : public OpKernel {
       std::string handle;
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (handle_.empty()) handle_ = ParameterServerRegistry::Global().GetOrCreate(config_);
+        if (handle_.empty()) handle_ = Resolve();
         handle = handle_;
       }
       Tensor* out = nullptr;
@@ -75,9 +84,58 @@ class InitOp : public OpKernel {
   }
 
  private:
+  // Which server serves (the op's doc): throws HpsError when none can.
+  std::string Resolve() const {
+    ParameterServerRegistry& registry = ParameterServerRegistry::Global();
+    if (bind_) {
+      std::string handle = registry.GetOrCreate(config_);
+      registry.Bind(config_file_, handle);
+      return handle;
+    }
+    if (traced_here_ && !config_file_.empty()) {  // a layer of this process given a config file
+      std::string bound = registry.BoundForFile(config_file_);
+      if (!bound.empty()) return bound;
+    } else if (!model_name_.empty()) {  // a layer without a config, or a graph from another process
+      std::string bound = registry.ResolveBound(model_name_);
+      if (!bound.empty()) return bound;
+    }
+    if (!config_.empty()) return registry.GetOrCreate(config_);
+    if (!config_file_.empty()) {  // recorded when the layer's file did not exist yet: read it now
+      std::vector<std::string> warnings;
+      ParameterServerConfig config;
+      try {
+        config = LoadConfigFile(config_file_, &warnings);
+      } catch (const HpsError& e) {
+        throw HpsError(e.code(), "model '" + model_name_ + "': its layer's ps_config_file: " + e.what() +
+                                     " (or call hps.Init(ps_config_file=...) naming the model before the first lookup)");
+      }
+      for (const std::string& w : warnings) Log(LogLevel::kWarning, w);
+      return registry.GetOrCreate(ToCanonicalJson(config));
+    }
+    throw HpsError(ErrorCode::kFailedPrecondition,
+                   "model '" + model_name_ +
+                       "' has no config in this process: call hps.Init(ps_config_file=...) naming it before the "
+                       "first lookup, or give the layer a ps_config_file");
+  }
+
   std::string config_;
+  std::string config_file_;
+  std::string model_name_;
+  bool traced_here_ = false;
+  bool bind_ = false;
   std::mutex mutex_;
   std::string handle_;  // set by the first successful Compute
+};
+
+class ProcessTokenOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<tensorflow::tstring>()() = ParameterServerRegistry::ProcessToken();
+  }
 };
 
 // Binds an op's (model_name, table_id, emb_vec_size) attrs to a table of the
@@ -338,6 +396,7 @@ REGISTER_KERNEL_BUILDER(Name("TfHpsStats").Device(::tensorflow::DEVICE_CPU), Sta
 REGISTER_KERNEL_BUILDER(Name("TfHpsRefresh").Device(::tensorflow::DEVICE_CPU), RefreshOp);
 REGISTER_KERNEL_BUILDER(Name("TfHpsParseConfig").Device(::tensorflow::DEVICE_CPU), ParseConfigOp);
 REGISTER_KERNEL_BUILDER(Name("TfHpsInit").Device(::tensorflow::DEVICE_CPU), InitOp);
+REGISTER_KERNEL_BUILDER(Name("TfHpsProcessToken").Device(::tensorflow::DEVICE_CPU), ProcessTokenOp);
 REGISTER_KERNEL_BUILDER(
     Name("TfHpsLookup").Device(::tensorflow::DEVICE_CPU).TypeConstraint<int32_t>("Tkeys"),
     LookupOp<int32_t>);

@@ -32,15 +32,42 @@ warnings: one message per ignored unknown key.
 
 REGISTER_OP("TfHpsInit")
     .Output("ps_handle: string")
-    .Attr("ps_config: string")
+    .Attr("ps_config: string = ''")
     .Attr("global_batch_size: int >= 1 = 1")
+    .Attr("ps_config_file: string = ''")
+    .Attr("model_name: string = ''")
+    .Attr("traced_in: string = ''")
+    .Attr("bind: bool = false")
     .SetIsStateful()
     .SetShapeFn(::tensorflow::shape_inference::ScalarShape)
     .Doc(R"doc(
-Creates (once per process and config) the parameter server of a canonical config and loads its tables.
+Finds (or creates, once per process and config, loading its tables) the parameter server that serves
+model_name, and outputs its handle. Which config serves (docs/config.md, "Which config serves a layer"):
 
-ps_config: canonical config JSON, as produced by TfHpsParseConfig.
+- In the process that traced the op (traced_in is this process's token): the server hps.Init read
+  from ps_config_file, if it did; else ps_config; else ps_config_file, read now; with neither
+  (a layer without a config), the server hps.Init bound for model_name.
+- In another process (a SavedModel served elsewhere): the server hps.Init bound for model_name,
+  if it did; else ps_config; else ps_config_file, read now.
+- Neither: FailedPrecondition. Two configs loaded by hps.Init that both name model_name:
+  FailedPrecondition naming both files.
+
+bind (hps.Init): creates the server of ps_config and binds it, for ps_config_file, to every model
+it names.
+
+ps_config: canonical config JSON, as produced by TfHpsParseConfig; may be empty.
+ps_config_file: the config file the layer was given (absolute); may be empty.
+model_name: the model the layer reads.
+traced_in: the token (TfHpsProcessToken) of the process that traced the op.
 ps_handle: names the parameter server for TfHpsLookup.
+)doc");
+
+REGISTER_OP("TfHpsProcessToken")
+    .Output("token: string")
+    .SetIsStateful()
+    .SetShapeFn(::tensorflow::shape_inference::ScalarShape)
+    .Doc(R"doc(
+A random id of this process: TfHpsInit's traced_in, which tells a graph traced here from an export.
 )doc");
 
 REGISTER_OP("TfHpsLookup")

@@ -16,8 +16,11 @@ def raw_lookup(path, keys, model="foo", table_id=0, emb_vec_size=16):
 
 
 def test_nonexistent_config_file(tmp_path):
-    with pytest.raises(tf.errors.NotFoundError, match="nope.json' cannot be opened"):
-        hps.LookupLayer("foo", 0, 16, tf.float32, str(tmp_path / "nope.json"))
+    """HPS's way: the layer records the path; the file must exist when the op first runs."""
+    layer = hps.LookupLayer("foo", 0, 16, tf.float32, str(tmp_path / "nope.json"))
+    with pytest.raises(tf.errors.NotFoundError,
+                       match="model 'foo': its layer's ps_config_file: config file '.*nope.json' cannot be opened"):
+        layer(tf.constant([1]))
 
 
 def test_malformed_config_file(tmp_path):
@@ -105,8 +108,11 @@ def test_layer_without_config_and_without_init(tmp_path):
         "import sys; sys.path.insert(0, %r)\n"
         "import tensorflow as tf, tf_hps as hps\n"
         "layer = hps.LookupLayer('foo', 0, 16, tf.float32)\n"
-        "try:\n    layer(tf.constant([1]))\nexcept RuntimeError as e:\n    print('RuntimeError:', e)\n"
+        "fn = tf.function(layer).get_concrete_function(tf.TensorSpec([None], tf.int64))  # traces: HPS's export\n"
+        "try:\n    layer(tf.constant([1]))\nexcept tf.errors.FailedPreconditionError as e:\n"
+        "    print('FailedPreconditionError:', e.message)\n"
     ) % (__import__("conftest").ROOT,)
     out = run_python(code).stdout
-    assert out.startswith("RuntimeError:")
-    assert "LookupLayer has no config: pass ps_config_file=..., or call hps.Init(...) first" in out
+    assert out.startswith("FailedPreconditionError:")
+    assert ("model 'foo' has no config in this process: call hps.Init(ps_config_file=...) naming it before the "
+            "first lookup, or give the layer a ps_config_file") in out

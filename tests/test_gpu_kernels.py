@@ -148,6 +148,7 @@ if mode == "broken":
     # Pretend TensorFlow sees a GPU, and give the loader a file that is no library.
     tf.config.list_physical_devices = lambda kind=None: ["fake GPU"] if kind == "GPU" else []
     _ops._GPU_LIBRARY_NAME = sys.argv[3]
+    _ops.ops.cache_clear()  # import tf_hps loaded the libraries already: load them again, broken
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     lib = _ops.ops()

@@ -124,10 +124,11 @@ def test_shape_function_sets_the_static_shape_in_graphs(layer):
     assert f(tf.constant([[1, 2, 3]], tf.int64)).shape == (1, 3, 16)
 
 
-def test_init_returns_ok_and_layers_without_a_config_use_it(simple):
-    tables, path = simple
+def test_init_returns_ok_and_layers_without_a_config_use_it(tables):
+    tables.table("t0", 1000, 16)
+    path = tables.config(model="init_default")  # a model name no other test's hps.Init loads
     assert hps.Init(global_batch_size=16, ps_config_file=path) == "OK"
-    lookup = hps.LookupLayer(model_name="foo", table_id=0, emb_vec_size=16, emb_vec_dtype=tf.float32)
+    lookup = hps.LookupLayer(model_name="init_default", table_id=0, emb_vec_size=16, emb_vec_dtype=tf.float32)
     np.testing.assert_array_equal(lookup(tf.constant([4])).numpy(), tables.rows["t0"][1][[4]])
 
 

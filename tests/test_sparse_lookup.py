@@ -445,12 +445,13 @@ def test_bad_layer_arguments(env):
         hps.SparseLookupLayer("foo", 0, DIM, tf.float64, env[2])
 
 
-def test_config_from_init_and_missing_config(simple, monkeypatch):
-    tables, path = simple
+def test_config_from_init_and_missing_config(tables, monkeypatch):
+    tables.table("t0", 1000, DIM)
+    path = tables.config(model="sparse_from_init")
     from tf_hps import api
-    monkeypatch.setattr(api, "_default", None)
-    layer = hps.SparseLookupLayer("foo", 0, DIM, tf.float32)
-    with pytest.raises(RuntimeError, match="SparseLookupLayer has no config"):
+    monkeypatch.setattr(api, "_loaded", {})
+    layer = hps.SparseLookupLayer("sparse_from_init", 0, DIM, tf.float32)
+    with pytest.raises(tf.errors.FailedPreconditionError, match="model 'sparse_from_init' has no config"):
         layer(tf.ragged.constant([[1]], tf.int64))
     hps.Init(global_batch_size=8, ps_config_file=path)
     got = layer(tf.ragged.constant([[4, 5]], tf.int64), combiner="sum").numpy()

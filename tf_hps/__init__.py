@@ -7,11 +7,11 @@ A drop-in successor to HugeCTR's HPS TensorFlow plugin::
     layer = hps.LookupLayer(model_name="foo", table_id=0, emb_vec_size=16, emb_vec_dtype=tf.float32)
 
 TensorFlow is imported on first use of an API that needs it, so the storage
-tools (``tf_hps.storage``, ``python -m tf_hps``) start quickly without it. In
-a process that has already imported TensorFlow or Keras, ``import tf_hps``
-registers the layers with Keras at once, so ``keras.saving.load_model`` finds
-them without ``custom_objects`` (import tf_hps after keras, or touch
-``tf_hps.LookupLayer`` before loading, in a process that imports keras later).
+tools (``tf_hps.storage``, ``python -m tf_hps``) start quickly without it.
+Once TensorFlow is imported (before or after ``import tf_hps``), the op
+library is loaded, so ``tf.saved_model.load`` reads exports with tf_hps
+layers; once Keras is, the layers are registered with it, so
+``keras.saving.load_model`` finds them without ``custom_objects``.
 """
 
 import importlib
@@ -59,6 +59,35 @@ def __dir__():
     return __all__
 
 
-# The layers register themselves with Keras when their module is imported.
-if "keras" in sys.modules or "tensorflow" in sys.modules:
+def _register_ops(_tensorflow=None) -> None:
+    """Registers the ops with TensorFlow (loads the op library, a few milliseconds), as HPS's import did, so
+    that ``tf.saved_model.load`` of an export with tf_hps layers works after ``import tf_hps``."""
+    try:
+        importlib.import_module("tf_hps._ops").ops()
+    except Exception as e:  # noqa: BLE001 - importing must not fail; the first use raises the same error
+        import warnings
+
+        warnings.warn(f"tf_hps: the op library was not loaded ({e}); exports with tf_hps layers will not load "
+                      "in this process", RuntimeWarning, stacklevel=2)
+
+
+def _register_layers(_keras=None) -> None:
+    """The layers register themselves with Keras when their module is imported (keras.saving finds them)."""
     importlib.import_module("tf_hps.layers")
+
+
+def _when_imported(module_name: str, hook) -> None:
+    """Runs hook now if module_name is imported, else right after it is. TensorFlow is never imported here:
+    ``python -m tf_hps --help`` and the storage tools start without it."""
+    if module_name in sys.modules:
+        hook(sys.modules[module_name])
+        return
+    try:
+        import wrapt  # a dependency of TensorFlow's; without it there is no TensorFlow to hook either
+    except ImportError:
+        return
+    wrapt.register_post_import_hook(hook, module_name)
+
+
+_when_imported("tensorflow", _register_ops)
+_when_imported("keras", _register_layers)

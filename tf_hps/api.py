@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -10,7 +11,8 @@ import tensorflow as tf
 from tf_hps._ops import ops
 from tf_hps.config import PsConfig, load_config
 
-_default: PsConfig | None = None
+# The configs hps.Init loaded, by canonical path, in Init order (a later Init of a file replaces it).
+_loaded: dict[str, PsConfig] = {}
 
 
 def _evaluate(build):
@@ -32,25 +34,32 @@ def _evaluate(build):
 
 
 def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> str:  # noqa: N802 (HPS name)
-    """Loads the parameter server of a config now, and makes it the default.
+    """Loads the parameter server of a config now, and serves its models with it in this process.
 
     Every table of every model is loaded into the configured tiers. Layers
-    created later with ``ps_config_file=""`` use this config. Calling it
-    again with the same config reuses the loaded server. Returns ``"OK"``.
+    without a ``ps_config_file`` find their model in the configs loaded by
+    ``Init`` (created before or after it); a SavedModel exported elsewhere
+    serves the models this config names from it, whatever config it carries,
+    so a config edited after the export takes effect. Call it before the
+    first lookup. Calling it again with the same file reads it again (a
+    changed file gives a new server). Returns ``"OK"``. The whole rule:
+    docs/config.md, "Which config serves a layer".
 
     Example:
         >>> import tf_hps as hps
         >>> hps.Init(global_batch_size=1024, ps_config_file="ps_config.json")  # doctest: +SKIP
         'OK'
     """
-    global _default
     if not isinstance(global_batch_size, int) or global_batch_size < 1:
         raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}")
     if not os.fspath(ps_config_file):
         raise ValueError("ps_config_file is required")
     config = load_config(ps_config_file)
-    _evaluate(lambda: ops().tf_hps_init(ps_config=config.canonical_json, global_batch_size=global_batch_size))
-    _default = config
+    _evaluate(lambda: ops().tf_hps_init(ps_config=config.canonical_json, ps_config_file=config.path, bind=True,
+                                        global_batch_size=global_batch_size))
+    key = os.path.realpath(config.path)
+    _loaded.pop(key, None)
+    _loaded[key] = config
     return "OK"
 
 
@@ -111,6 +120,25 @@ def refresh_cache(model_name: str = "") -> int:
     return int(_evaluate(lambda: ops().tf_hps_refresh(model_name=model_name)))
 
 
-def default_config() -> PsConfig | None:
-    """The config of the last successful ``Init`` call, or None."""
-    return _default
+def config_for_model(model_name: str) -> PsConfig | None:
+    """The config loaded by ``Init`` that names ``model_name``, or None.
+
+    Raises ValueError naming both files when two loaded configs name it."""
+    found = [c for c in _loaded.values() if any(m["model"] == model_name for m in c.data["models"])]
+    if len(found) > 1:
+        raise ValueError(
+            f"model {model_name!r} is in two configs loaded by hps.Init: {found[0].path} and {found[1].path}; "
+            "rename one, or give the layer its ps_config_file"
+        )
+    return found[0] if found else None
+
+
+def config_for_file(ps_config_file: str | os.PathLike) -> PsConfig | None:
+    """The config ``Init`` loaded from this file (compared by real path), or None."""
+    return _loaded.get(os.path.realpath(os.fspath(ps_config_file)))
+
+
+@functools.lru_cache(maxsize=None)
+def process_token() -> str:
+    """This process's id, which the graphs traced here carry (TfHpsInit's traced_in)."""
+    return _evaluate(lambda: ops().tf_hps_process_token()).decode()

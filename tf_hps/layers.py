@@ -82,15 +82,21 @@ class _TableLayer(keras.layers.Layer):
         self.table_id = table_id
         self.emb_vec_size = emb_vec_size
         self.emb_vec_dtype = _check_dtype(emb_vec_dtype)
-        self.ps_config_file = os.fspath(ps_config_file)
+        self.ps_config_file = os.path.abspath(os.fspath(ps_config_file)) if os.fspath(ps_config_file) else ""
         self.global_batch_size = global_batch_size
+        # Read now if it exists, so mistakes show at once; else when traced, or by the op at its first
+        # run (HPS's way: the model is exported before its config exists, docs/config.md).
         self._ps_config: PsConfig | None = None
-        if self.ps_config_file:
+        if self.ps_config_file and os.path.exists(self.ps_config_file):
             self._ps_config = load_config(self.ps_config_file)
-        else:
-            self._ps_config = api.default_config()
-        if self._ps_config is not None:
             self._check_table(self._ps_config)
+        elif not self.ps_config_file:
+            try:
+                found = api.config_for_model(self.model_name)
+            except ValueError:  # two loaded configs name the model: an error when the layer is used
+                found = None
+            if found is not None:
+                self._check_table(found)
         # No weights to create: built now, so Keras never needs the input's shape
         # (inputs of unknown rank work, as tf.nn.embedding_lookup's do).
         self.built = True
@@ -108,19 +114,30 @@ class _TableLayer(keras.layers.Layer):
                 f"{self.model_name!r}, whose embedding_vecsize_per_table is {tables[self.table_id]}"
             )
 
-    def _config(self) -> PsConfig:
-        if self._ps_config is None:
-            self._ps_config = api.default_config()
-            if self._ps_config is None:
-                raise RuntimeError(
-                    f"{type(self).__name__} has no config: pass ps_config_file=..., or call hps.Init(...) first"
-                )
-            self._check_table(self._ps_config)
-        return self._ps_config
+    def _config(self) -> PsConfig | None:
+        """The config the graph carries (docs/config.md): the file's, as hps.Init read it if it did; for a layer
+        without a file, the config hps.Init loaded that names the model. None: resolved when the op runs."""
+        if self.ps_config_file:
+            config = api.config_for_file(self.ps_config_file)
+            if config is None and self._ps_config is None and os.path.exists(self.ps_config_file):
+                self._ps_config = load_config(self.ps_config_file)  # written since the layer was made
+            config = config or self._ps_config
+        else:
+            config = api.config_for_model(self.model_name)
+        if config is not None:
+            self._check_table(config)
+        return config
 
     def _handle(self):
-        """The TfHpsInit op: loads the config's server on first run, returns its handle."""
-        return ops().tf_hps_init(ps_config=self._config().canonical_json, global_batch_size=self.global_batch_size)
+        """The TfHpsInit op: finds or loads the model's server on first run, returns its handle."""
+        config = self._config()
+        return ops().tf_hps_init(
+            ps_config=config.canonical_json if config is not None else "",
+            ps_config_file=self.ps_config_file,
+            model_name=self.model_name,
+            traced_in=api.process_token(),
+            global_batch_size=self.global_batch_size,
+        )
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -146,8 +163,11 @@ class LookupLayer(_TableLayer):
             ``embedding_vecsize_per_table[table_id]``.
         emb_vec_dtype: dtype of the output: float32, float16 or bfloat16
             (tables hold float32; rows are rounded to it, after ``max_norm``).
-        ps_config_file: HPS JSON config. Empty: the config of the last
-            ``hps.Init`` call. The config travels inside the exported model.
+        ps_config_file: HPS JSON config; need not exist until the op first
+            runs. Empty: the config ``hps.Init`` loaded that names the model.
+            A config known when the model is traced travels inside the
+            export; an ``hps.Init`` in the serving process wins over it
+            (docs/config.md, "Which config serves a layer").
         global_batch_size: as in HPS; kept for compatibility.
 
     ``call(ids, max_norm=None)`` takes int32 or int64 keys of any shape and
@@ -224,8 +244,11 @@ class SparseLookupLayer(_TableLayer):
         emb_vec_dtype: dtype of the output: float32, float16 or bfloat16.
             Rows are combined in float32 and rounded once (TF's float32
             result, cast).
-        ps_config_file: HPS JSON config. Empty: the config of the last
-            ``hps.Init`` call. The config travels inside the exported model.
+        ps_config_file: HPS JSON config; need not exist until the op first
+            runs. Empty: the config ``hps.Init`` loaded that names the model.
+            A config known when the model is traced travels inside the
+            export; an ``hps.Init`` in the serving process wins over it
+            (docs/config.md, "Which config serves a layer").
         global_batch_size: as in HPS; kept for compatibility.
 
     ``call(sp_ids, sp_weights=None, combiner="mean", max_norm=None, name=None)``:
