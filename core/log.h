@@ -1,16 +1,36 @@
 // Minimal logging for the TF-free core: one line to stderr per message,
 // prefixed so serving logs show which component spoke.
+//
+// One level silences it, as TensorFlow's own C++ log: TF_HPS_LOG_LEVEL if set,
+// else TF_CPP_MIN_LOG_LEVEL, else 0. 0 prints everything, 1 warnings and
+// errors, 2 errors, 3 nothing; the names info, warning, error and none also
+// work. Read at every message, so a process may change it while it runs.
 #ifndef TF_HPS_CORE_LOG_H_
 #define TF_HPS_CORE_LOG_H_
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace tf_hps {
 
 enum class LogLevel { kInfo, kWarning, kError };
 
+// The lowest level printed: 0 (info) to 3 (none).
+inline int MinLogLevel() {
+  const char* value = std::getenv("TF_HPS_LOG_LEVEL");
+  if (value == nullptr || *value == '\0') value = std::getenv("TF_CPP_MIN_LOG_LEVEL");
+  if (value == nullptr || *value == '\0') return 0;
+  static const char* const kNames[] = {"info", "warning", "error", "none"};
+  for (int i = 0; i < 4; ++i)
+    if (std::strcmp(value, kNames[i]) == 0) return i;
+  if (value[0] >= '0' && value[0] <= '9' && value[1] == '\0') return value[0] - '0';
+  return 0;  // not a level: print everything rather than hide a warning
+}
+
 inline void Log(LogLevel level, const std::string& message) {
+  if (static_cast<int>(level) < MinLogLevel()) return;
   static const char* const kNames[] = {"I", "W", "E"};
   std::fprintf(stderr, "[tf_hps %s] %s\n", kNames[static_cast<int>(level)],
                message.c_str());

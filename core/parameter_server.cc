@@ -56,7 +56,8 @@ ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::mo
   if (config_.update_source.type == "kafka_message_queue")
     ThrowUnimplemented("update_source.type 'kafka_message_queue' is not available in this build; "
                        "use \"redis_stream\" (docs/updates.md)");
-  volatile_db_ = MakeVolatileBackend(config_.volatile_db);
+  // A serving node comes up while its Redis is down: lookups go on from the PDB or the default.
+  volatile_db_ = MakeVolatileBackend(config_.volatile_db, /*start_if_unreachable=*/true);
   persistent_db_ = MakePersistentBackend(config_.persistent_db);
   if (!volatile_db_ && !persistent_db_)
     ThrowInvalidArgument("config: volatile_db and persistent_db are both disabled, so no tier would hold "
@@ -129,6 +130,7 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   table->tag = TableTag(table->model, table->name);
   table->dim = model.embedding_vecsize_per_table[t];
   table->default_value = static_cast<float>(model.default_value_for_each_table[t]);
+  table->max_keys_per_call = model.max_batch_size * model.maxnum_catfeature_query_per_table_per_sample[t];
 
   // Which tiers take the rows of the table files at start-up. A shared Redis
   // or a RocksDB with initialize_after_startup false, and a read-only RocksDB, are filled
@@ -145,11 +147,21 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
     table->num_rows = info.num_rows;
   } else {
     DatabaseBackend* deepest = persistent_db_ ? persistent_db_.get() : volatile_db_.get();
-    table->num_rows = deepest->Size(table->tag);
-    if (table->num_rows == 0)
+    bool unknown = false;
+    try {
+      table->num_rows = deepest->Size(table->tag);
+    } catch (const HpsError& e) {
+      if (deepest != volatile_db_.get() || e.code() != ErrorCode::kUnavailable) throw;
+      volatile_health_.RecordFailure(e.what());  // rows unknown: L1 sized for none; the default answers
+      unknown = true;
+      Log(LogLevel::kWarning, "table " + table->tag + ": its rows are in the " + deepest->name() +
+                                  ", which does not answer; the default answers until it does");
+    }
+    if (table->num_rows == 0 && !unknown)
       ThrowNotFound("table " + table->tag + " is not in the " + deepest->name() +
                     ", and the config does not load it at start-up; ingest it first (python -m tf_hps ingest)");
   }
+  table->gpu_config = model.gpucache;
   if (model.gpucache) {
     const bool whole_table = model.embedding_cache_type != "dynamic" && model.embedding_cache_type != "stochastic";
     const int64_t rows = whole_table ? table->num_rows
@@ -157,9 +169,11 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
                                                                  model.gpucacheper * table->num_rows)));
     table->cache = std::make_unique<EmbeddingCache>(rows, table->dim);
   }
+  const std::string l1 = table->cache ? "CPU cache of " + std::to_string(table->cache->capacity()) + " rows"
+                                       : std::string("none (gpucache is false)");
   if (!fill_vdb && !fill_pdb) {
     Log(LogLevel::kInfo, "table " + table->tag + ": " + std::to_string(table->num_rows) +
-                             " rows found in the " + TierNames() + " (not loaded from files)");
+                             " rows found in the " + TierNames() + " (not loaded from files); L1: " + l1);
     return;
   }
 
@@ -169,11 +183,23 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   const int64_t vdb_rows = static_cast<int64_t>(std::ceil(vdb_share * info.num_rows));
   const int64_t report_every = std::max<int64_t>(info.num_rows / 10, 1 << 22);
   int64_t loaded = 0;
+  bool vdb_down = false;  // a shared VDB that does not answer: the rest of its share is not loaded
   ReadTableFolder(info, kLoadChunkRows, !config_.supportlonglong, [&](const int64_t* keys, const float* vectors,
                                                                      int64_t n) {
     if (fill_pdb) persistent_db_->Insert(table->tag, n, keys, vectors, table->dim);
-    if (fill_vdb && loaded < vdb_rows)
-      volatile_db_->Insert(table->tag, std::min(n, vdb_rows - loaded), keys, vectors, table->dim);
+    if (fill_vdb && !vdb_down && loaded < vdb_rows) {
+      try {
+        volatile_db_->Insert(table->tag, std::min(n, vdb_rows - loaded), keys, vectors, table->dim);
+      } catch (const HpsError& e) {
+        if (e.code() != ErrorCode::kUnavailable) throw;
+        vdb_down = true;
+        volatile_health_.RecordFailure(e.what());
+        Log(LogLevel::kWarning, "table " + table->tag + ": not loaded into the " + volatile_db_->name() +
+                                    ", which does not answer: lookups go to " +
+                                    (persistent_db_ ? "the " + std::string(persistent_db_->name()) : "the default") +
+                                    " until it does (rows it lacks then come from there)");
+      }
+    }
     if (warm && loaded < table->cache->capacity()) {
       const int64_t take = std::min(n, table->cache->capacity() - loaded);
       table->cache->Replace(keys, take, vectors, warm_stamp);
@@ -185,10 +211,16 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   Log(LogLevel::kInfo, "table " + table->tag + ": " + std::to_string(info.num_rows) + " rows of dimension " +
-                           std::to_string(table->dim) + " loaded into the " + TierNames() + " in " +
-                           std::to_string(seconds) + " s; L1: " +
-                           (table->cache ? "CPU cache of " + std::to_string(table->cache->capacity()) + " rows"
-                                         : std::string("none (gpucache is false)")));
+                           std::to_string(table->dim) + " loaded into the " +
+                           (vdb_down ? std::string(persistent_db_ ? persistent_db_->name() : "L1 only") : TierNames()) +
+                           " in " +
+                           std::to_string(seconds) + " s; L1: " + l1);
+}
+
+void ParameterServer::NoteServedOnCpu(const EmbeddingTable& table) const {
+  if (!table.gpu_config || table.noted_on_cpu.exchange(true)) return;
+  Log(LogLevel::kInfo, "table " + table.tag + ": no GPU: L1 on CPU (the config's GPU cache is kept in host memory, " +
+                           std::to_string(table.cache ? table.cache->capacity() : 0) + " rows)");
 }
 
 const EmbeddingTable& ParameterServer::FindTable(const std::string& model, int64_t table_id) const {
@@ -208,6 +240,11 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
                              const ParallelFor& parallel_for) const {
   if (n <= 0) return;
   const auto start = std::chrono::steady_clock::now();
+  if (n > table.max_keys_per_call && !table.warned_oversized.exchange(true))
+    Log(LogLevel::kWarning,
+        "table " + table.tag + ": a lookup of " + std::to_string(n) + " keys, more than max_batch_size x "
+        "maxnum_catfeature_query_per_table_per_sample = " + std::to_string(table.max_keys_per_call) +
+        "; served in full (HPS refuses such calls; GPU caches size their buffers by it). Logged once per table.");
   table.stats.lookups.fetch_add(1, std::memory_order_relaxed);
   table.stats.keys.fetch_add(n, std::memory_order_relaxed);
   if (table.cache) {
@@ -454,7 +491,7 @@ std::string ParameterServer::StatsJson() const {
               field("cache_inserted", c.cache_inserted) + ", " + field("insert_deferred", c.insert_deferred) + ", " +
               field("insert_dropped", c.insert_dropped) + ", " + field("cache_refreshed", c.cache_refreshed) + ", " +
               field("cache_evicted", c.cache_evicted) + ", " + field("rows_updated", c.rows_updated) + ", " +
-              field("updates_rejected", c.updates_rejected) + ", " + field("update_lag_ms", c.update_lag_ms) + ", " +
+              field("updates_rejected", c.updates_rejected) + ", " + field("update_failures", c.update_failures) + ", " + field("update_lag_ms", c.update_lag_ms) + ", " +
               field("cache_rows", cache_rows) + ", " + MemoryFields(t->tag) +
               "\"latency_us_bounds\": [" + bounds + "], \"latency_counts\": [" + counts + "]}";
     }

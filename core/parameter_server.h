@@ -63,6 +63,7 @@ struct TableStats {
   std::atomic<int64_t> cache_refreshed{0};  // rows re-read from the databases by refreshes
   std::atomic<int64_t> rows_updated{0};     // rows of online updates applied
   std::atomic<int64_t> updates_rejected{0}; // update messages refused (wrong dimension, malformed)
+  std::atomic<int64_t> update_failures{0};  // polls of the table's update stream that failed (then backed off)
   std::atomic<int64_t> update_lag_ms{-1};   // publish-to-apply delay of the latest update applied (-1: none yet)
 
   // Lookup latency histogram: counts of calls taking at most kLatencyBoundsUs[i]
@@ -102,6 +103,10 @@ struct EmbeddingTable {
   int64_t dim = 0;
   float default_value = 0.0f;
   int64_t num_rows = 0;                   // rows loaded from the table files
+  int64_t max_keys_per_call = 0;          // max_batch_size x maxnum_catfeature_query_per_table_per_sample
+  mutable std::atomic<bool> warned_oversized{false};  // a call above max_keys_per_call was logged
+  bool gpu_config = false;                // gpucache on: the config meant L1 for a GPU
+  mutable std::atomic<bool> noted_on_cpu{false};      // "no GPU: L1 on CPU" was logged
   std::unique_ptr<EmbeddingCache> cache;  // null when gpucache is false
   mutable TableStats stats;
   // Online updates: odd while one is applied (see UpdateGuard); one at a time.
@@ -123,6 +128,10 @@ class ParameterServer {
 
   // The table, or throws HpsError(kInvalidArgument) naming what is wrong.
   const EmbeddingTable& FindTable(const std::string& model, int64_t table_id) const;
+
+  // The CPU kernels call this before their lookups: logs once per table that a
+  // config written for a GPU is served with its L1 in host memory.
+  void NoteServedOnCpu(const EmbeddingTable& table) const;
 
   // Counters of every table as JSON: {"<tag>": {"lookups": ..., ...}, ...}.
   std::string StatsJson() const;

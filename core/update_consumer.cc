@@ -39,6 +39,11 @@ std::string HostName() {
   return name;
 }
 
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -107,6 +112,9 @@ struct UpdateConsumer::Stream {
   bool shared_pending_first = true;
   bool persistent_pending_first = true;
   int64_t polls = 0;
+  bool ready = false;         // groups made and cursor set (SetUp)
+  bool failing = false;       // its last poll failed: logged once, retried after a back-off
+  int64_t retry_at_ms = 0;    // steady clock
 };
 
 UpdateConsumer::UpdateConsumer(const ParameterServer& server, const UpdateSourceConfig& config, Tiers tiers,
@@ -114,7 +122,7 @@ UpdateConsumer::UpdateConsumer(const ParameterServer& server, const UpdateSource
     : server_(server), config_(config), tiers_(std::move(tiers)) {
   node_ = config_.node_id.empty() ? HostName() : config_.node_id;
   persistent_group_ = "hps.persistent." + node_ + ":" + tiers_.persistent_path;
-  client_ = std::make_unique<RedisClusterClient>(UpdateSourceClientOptions(config_));
+  start_ms_ = NowMs();
   for (const EmbeddingTable* table : tables) {
     auto stream = std::make_unique<Stream>();
     stream->table = table;
@@ -124,33 +132,75 @@ UpdateConsumer::UpdateConsumer(const ParameterServer& server, const UpdateSource
     stream->local_vdb = vdb && !tiers_.volatile_db_shared;
     stream->persistent_group = tiers_.persistent_db && Matches(tiers_.persistent_filters, table->tag);
     if (!vdb && !stream->persistent_group) continue;  // no tier takes this table's updates
-    // Groups first: a group made now starts at the stream's end, which the
-    // process's own reader then starts at or after.
-    if (stream->shared_group) CreateGroup(*stream, kSharedGroup, "$");
-    if (stream->persistent_group) CreateGroup(*stream, persistent_group_, "$");
-    RedisCommand last("XREVRANGE");
-    last.Add(stream->key).Add("+").Add("-").Add("COUNT").Add(int64_t{1});
-    RedisReplyPtr reply = RunOne(*client_, last);
-    if (RedisReplyIsError(*reply)) ThrowReplyError(last, *reply);
-    const std::vector<Entry> entries = EntriesOf(reply.get());
-    if (!entries.empty()) stream->cursor = entries[0].id;
-    if (stream->shared_group || stream->persistent_group) {
-      // Messages published before this start that a group has yet to apply
-      // reach the databases later, so the caches must see them too: start
-      // where the groups stand.
-      const Horizon horizon = AppliedHorizon(*stream);
-      if (horizon.exclusive) {
-        const StreamId& p = horizon.bound;
-        const StreamId before = p.seq > 0 ? StreamId{p.ms, p.seq - 1} : StreamId{p.ms - 1, UINT64_MAX};
-        if (before < stream->cursor) stream->cursor = before;
-      } else if (horizon.bound < stream->cursor) {
-        stream->cursor = horizon.bound;
+    streams_.push_back(std::move(stream));
+  }
+  // Set every stream up now, so that no message published while the tables load is missed. A source
+  // that does not answer, or one stream that fails, does not stop the server: they are set up later.
+  try {
+    client_ = std::make_unique<RedisClusterClient>(UpdateSourceClientOptions(config_));
+  } catch (const HpsError& e) {
+    if (e.code() != ErrorCode::kUnavailable) throw;
+    Log(LogLevel::kWarning, std::string("online updates: starting without the update_source: ") + e.what() +
+                                "; retrying every " + std::to_string(config_.failure_backoff_ms) + " ms");
+    connect_retry_at_ms_ = SteadyMs() + config_.failure_backoff_ms;
+  }
+  if (client_) {
+    for (auto& stream : streams_) {
+      try {
+        SetUp(*stream, /*at_start=*/true);
+      } catch (const std::exception& e) {
+        Failed(*stream, e.what());
       }
     }
-    streams_.push_back(std::move(stream));
   }
   Log(LogLevel::kInfo, "online updates: reading " + std::to_string(streams_.size()) + " stream(s) from " +
                            config_.address + " as node '" + node_ + "'");
+}
+
+void UpdateConsumer::SetUp(Stream& s, bool at_start) {
+  // Groups first: a group made now starts at the stream's end, which the process's own reader then
+  // starts at or after. Set up after the start (the source was down then), both start where the
+  // stream stood when the process started, so the messages published since reach it.
+  const StreamId started{static_cast<uint64_t>(std::max<int64_t>(0, start_ms_ - kStartSlackMs)), 0};
+  const std::string group_start = at_start ? "$" : started.ToString();
+  if (s.shared_group) CreateGroup(s, kSharedGroup, group_start.c_str());
+  if (s.persistent_group) CreateGroup(s, persistent_group_, group_start.c_str());
+  if (at_start) {
+    RedisCommand last("XREVRANGE");
+    last.Add(s.key).Add("+").Add("-").Add("COUNT").Add(int64_t{1});
+    RedisReplyPtr reply = RunOne(*client_, last);
+    if (RedisReplyIsError(*reply)) ThrowReplyError(last, *reply);
+    const std::vector<Entry> entries = EntriesOf(reply.get());
+    s.cursor = entries.empty() ? StreamId{} : entries[0].id;
+  } else {
+    s.cursor = started.seq > 0 || started.ms == 0 ? StreamId{} : StreamId{started.ms - 1, UINT64_MAX};
+  }
+  if (s.shared_group || s.persistent_group) {
+    // Messages published before this start that a group has yet to apply
+    // reach the databases later, so the caches must see them too: start
+    // where the groups stand.
+    const Horizon horizon = AppliedHorizon(s);
+    if (horizon.exclusive) {
+      const StreamId& p = horizon.bound;
+      const StreamId before = p.seq > 0 ? StreamId{p.ms, p.seq - 1} : StreamId{p.ms - 1, UINT64_MAX};
+      if (before < s.cursor) s.cursor = before;
+    } else if (horizon.bound < s.cursor) {
+      s.cursor = horizon.bound;
+    }
+  }
+  s.ready = true;
+}
+
+void UpdateConsumer::Failed(Stream& s, const std::string& what) {
+  s.table->stats.update_failures.fetch_add(1, std::memory_order_relaxed);
+  s.retry_at_ms = SteadyMs() + config_.failure_backoff_ms;
+  // Messages delivered to this consumer before the failure may be
+  // unacknowledged: read the groups' pending entries first again.
+  s.shared_pending_first = s.persistent_pending_first = true;
+  if (!s.failing)
+    Log(LogLevel::kWarning, "online updates of " + s.table->tag + " paused: " + what + "; retrying every " +
+                                std::to_string(config_.failure_backoff_ms) + " ms (the other tables' go on)");
+  s.failing = true;
 }
 
 UpdateConsumer::~UpdateConsumer() {
@@ -176,60 +226,67 @@ void UpdateConsumer::CreateGroup(const Stream& stream, const std::string& group,
 
 void UpdateConsumer::Run() {
   const auto idle = std::chrono::milliseconds(std::clamp<int64_t>(config_.poll_timeout_ms / 10, 1, 100));
-  bool failing = false;
   while (true) {
-    bool work = false;
-    try {
-      work = PollOnce();
-      if (failing) Log(LogLevel::kInfo, "online updates: " + config_.address + " answers again");
-      failing = false;
-    } catch (const std::exception& e) {
-      if (!failing) Log(LogLevel::kWarning, std::string("online updates paused: ") + e.what() + "; retrying every " +
-                                                std::to_string(config_.failure_backoff_ms) + " ms");
-      failing = true;
-      // Messages delivered to this consumer before the failure may be
-      // unacknowledged: read the groups' pending entries first again.
-      for (auto& stream : streams_) stream->shared_pending_first = stream->persistent_pending_first = true;
-    }
+    const bool work = PollOnce();
     std::unique_lock<std::mutex> lock(mutex_);
     if (stop_) return;
-    if (!work || failing)
-      wake_.wait_for(lock, failing ? std::chrono::milliseconds(config_.failure_backoff_ms) : idle,
-                     [this] { return stop_; });
+    if (!work) wake_.wait_for(lock, idle, [this] { return stop_; });
     if (stop_) return;
   }
 }
 
 bool UpdateConsumer::PollOnce() {
+  if (!client_) {  // the source did not answer at start-up
+    if (SteadyMs() < connect_retry_at_ms_) return false;
+    try {
+      client_ = std::make_unique<RedisClusterClient>(UpdateSourceClientOptions(config_));
+      Log(LogLevel::kInfo, "online updates: " + config_.address + " answers");
+    } catch (const std::exception& e) {
+      connect_retry_at_ms_ = SteadyMs() + config_.failure_backoff_ms;
+      return false;
+    }
+  }
   bool work = false;
   for (auto& stream_ptr : streams_) {
     Stream& s = *stream_ptr;
-    ++s.polls;
-    if (s.shared_group) ReadGroup(s, kSharedGroup, tiers_.volatile_db, &s.shared_pending_first, &work);
-    if (s.persistent_group) ReadGroup(s, persistent_group_, tiers_.persistent_db, &s.persistent_pending_first, &work);
-
-    RedisCommand read("XREAD");
-    read.Add("COUNT").Add(kReadCount).Add("STREAMS").Add(s.key).Add(s.cursor.ToString()).RouteBy(4);
-    RedisReplyPtr reply = RunOne(*client_, read);
-    if (RedisReplyIsError(*reply)) ThrowReplyError(read, *reply);
-    const std::vector<Entry> entries = ReadEntries(*reply);
-    if (entries.empty()) continue;
-    // Apply only what the databases behind the cache hold already.
-    const Horizon horizon = s.shared_group || s.persistent_group ? AppliedHorizon(s) : Horizon{};
-    for (const Entry& e : entries) {
-      if (!horizon.Covers(e.id)) break;
-      try {
-        ApplyToProcess(s, e.id, DecodeUpdate(e.fields));
-      } catch (const HpsError& error) {
-        if (error.code() != ErrorCode::kInvalidArgument) throw;
-        s.table->stats.updates_rejected.fetch_add(1, std::memory_order_relaxed);
-        Log(LogLevel::kWarning, "online updates: " + s.key + " entry " + e.id.ToString() + " skipped: " + error.what());
-      }
-      s.cursor = e.id;
-      work = true;
+    if (s.failing && SteadyMs() < s.retry_at_ms) continue;
+    try {
+      if (!s.ready) SetUp(s, /*at_start=*/false);
+      PollStream(s, &work);
+      if (s.failing) Log(LogLevel::kInfo, "online updates of " + s.table->tag + " go on");
+      s.failing = false;
+    } catch (const std::exception& e) {
+      Failed(s, e.what());
     }
   }
   return work;
+}
+
+void UpdateConsumer::PollStream(Stream& s, bool* work) {
+  ++s.polls;
+  if (s.shared_group) ReadGroup(s, kSharedGroup, tiers_.volatile_db, &s.shared_pending_first, work);
+  if (s.persistent_group) ReadGroup(s, persistent_group_, tiers_.persistent_db, &s.persistent_pending_first, work);
+
+  RedisCommand read("XREAD");
+  read.Add("COUNT").Add(kReadCount).Add("STREAMS").Add(s.key).Add(s.cursor.ToString()).RouteBy(4);
+  RedisReplyPtr reply = RunOne(*client_, read);
+  if (RedisReplyIsError(*reply)) ThrowReplyError(read, *reply);
+  const std::vector<Entry> entries = ReadEntries(*reply);
+  if (entries.empty()) return;
+  // Apply only what the databases behind the cache hold already.
+  const Horizon horizon = s.shared_group || s.persistent_group ? AppliedHorizon(s) : Horizon{};
+  for (const Entry& e : entries) {
+    if (!horizon.Covers(e.id)) break;
+    try {
+      ApplyToProcess(s, e.id, DecodeUpdate(e.fields));
+    } catch (const HpsError& error) {
+      if (error.code() != ErrorCode::kInvalidArgument) throw;
+      s.table->stats.updates_rejected.fetch_add(1, std::memory_order_relaxed);
+      Log(LogLevel::kWarning, "online updates: " + s.key + " entry " + e.id.ToString() + " skipped: " + error.what());
+    }
+    s.cursor = e.id;
+    *work = true;
+  }
 }
 
 void UpdateConsumer::ReadGroup(Stream& s, const std::string& group, DatabaseBackend* db, bool* pending_first,

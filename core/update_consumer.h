@@ -52,7 +52,12 @@ class UpdateConsumer {
 
   // Connects to the update source and notes where each stream ends now;
   // creates the consumer groups. Call before the tables are loaded, so that
-  // no message published while they load is missed. Throws HpsError.
+  // no message published while they load is missed. A source that does not
+  // answer, or a stream that fails, is not an error: each stream is set up
+  // (from where the streams stood at this start) and polled on its own, with
+  // a back-off after a failure and a counter (update_failures), so one bad
+  // stream or unreachable node does not hold up the others. Throws HpsError
+  // for a bad config.
   UpdateConsumer(const ParameterServer& server, const UpdateSourceConfig& config, Tiers tiers,
                  const std::vector<const EmbeddingTable*>& tables);
   ~UpdateConsumer();
@@ -66,6 +71,12 @@ class UpdateConsumer {
   void Run();
   // One pass over every stream; returns whether any message was applied.
   bool PollOnce();
+  void PollStream(Stream& stream, bool* work);
+  // Makes the stream's groups and sets its cursor: at the stream's end at
+  // start-up, else where it stood when the process started. Throws.
+  void SetUp(Stream& stream, bool at_start);
+  // Counts and logs (once per outage) a failed poll; backs off.
+  void Failed(Stream& stream, const std::string& what);
   // Reads and applies the group's new messages (after its own pending ones).
   void ReadGroup(Stream& stream, const std::string& group, DatabaseBackend* db, bool* pending_first, bool* work);
   // How far every group this process depends on has applied the stream.
@@ -83,7 +94,11 @@ class UpdateConsumer {
   const Tiers tiers_;
   std::string node_;  // consumer name within the groups
   std::string persistent_group_;
-  std::unique_ptr<RedisClusterClient> client_;
+  std::unique_ptr<RedisClusterClient> client_;  // null until the source answers
+  int64_t connect_retry_at_ms_ = 0;             // steady clock
+  int64_t start_ms_ = 0;                        // wall clock when the server started
+  // A stream set up after the start begins this much before it, against clock skew with Redis.
+  static constexpr int64_t kStartSlackMs = 1000;
   std::vector<std::unique_ptr<Stream>> streams_;
 
   std::mutex mutex_;

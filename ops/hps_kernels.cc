@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <mutex>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -221,6 +222,7 @@ class LookupOp : public OpKernel {
       OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
       const int64_t n = keys.NumElements();
       if (n == 0) return;
+      server->NoteServedOnCpu(*table);
       server->Lookup(*table, KeysAsInt64<K>(keys), n, out->flat<float>().data(), WorkerPool(ctx));
     });
   }
@@ -332,6 +334,7 @@ class SparseLookupOp : public OpKernel {
       thread_local ScratchBuffer<float> rows_buffer;
       float* rows = rows_buffer.Get(u * dim);
       const ParallelFor parallel_for = WorkerPool(ctx);
+      server->NoteServedOnCpu(*table);
       server->Lookup(*table, unique.keys.data(), u, rows, parallel_for);
 
       const int64_t* index = unique.index.data();
@@ -381,7 +384,19 @@ class RefreshOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     RunKernelGuarded(ctx, [&] {
       int64_t refreshed = 0;
-      for (const auto& server : ParameterServerRegistry::Global().All()) refreshed += server->RefreshCaches(model_name_);
+      const auto servers = ParameterServerRegistry::Global().All();
+      if (!model_name_.empty()) {  // a model no server of the process serves is a mistake, not 0 rows
+        std::set<std::string> served;
+        for (const auto& server : servers)
+          for (const ModelConfig& m : server->config().models) served.insert(m.model);
+        if (!served.count(model_name_)) {
+          std::string names;
+          for (const std::string& name : served) names += (names.empty() ? "'" : ", '") + name + "'";
+          ThrowInvalidArgument("refresh_cache: no parameter server in this process serves model '" + model_name_ +
+                               "' (served: " + (names.empty() ? "none yet" : names) + ")");
+        }
+      }
+      for (const auto& server : servers) refreshed += server->RefreshCaches(model_name_);
       Tensor* out = nullptr;
       OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
       out->scalar<int64_t>()() = refreshed;

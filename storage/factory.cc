@@ -7,10 +7,10 @@
 
 namespace tf_hps {
 
-std::unique_ptr<DatabaseBackend> MakeVolatileBackend(const VolatileDbConfig& config) {
+std::unique_ptr<DatabaseBackend> MakeVolatileBackend(const VolatileDbConfig& config, bool start_if_unreachable) {
   if (config.type == "hash_map" || config.type == "parallel_hash_map")
     return std::make_unique<HashMapBackend>(config);
-  if (config.type == "redis_cluster") return std::make_unique<RedisClusterBackend>(config);
+  if (config.type == "redis_cluster") return std::make_unique<RedisClusterBackend>(config, start_if_unreachable);
   if (config.type == "disabled") return nullptr;
   throw HpsError(ErrorCode::kUnimplemented,
                  "volatile_db.type '" + config.type + "' is not available in this build");

@@ -11,8 +11,10 @@ namespace tf_hps {
 
 // The volatile database of `config`; nullptr when its type is "disabled".
 // Throws HpsError (kUnimplemented for a type this build lacks, kUnavailable
-// when a server cannot be reached).
-std::unique_ptr<DatabaseBackend> MakeVolatileBackend(const VolatileDbConfig& config);
+// when a server cannot be reached, unless start_if_unreachable: then a Redis
+// VDB starts unconnected and connects once a server answers).
+std::unique_ptr<DatabaseBackend> MakeVolatileBackend(const VolatileDbConfig& config,
+                                                     bool start_if_unreachable = false);
 
 // The persistent database of `config`; nullptr when its type is "disabled".
 std::unique_ptr<DatabaseBackend> MakePersistentBackend(const PersistentDbConfig& config);

@@ -38,6 +38,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "core/unique_keys.h"
 #include "storage/layout.h"
 
@@ -129,7 +130,7 @@ RedisClusterBackend::Policy RedisClusterBackend::ParsePolicy(const std::string& 
   ThrowInvalidArgument("volatile_db.overflow_policy: unknown policy '" + name + "'");
 }
 
-RedisClusterBackend::RedisClusterBackend(const VolatileDbConfig& config)
+RedisClusterBackend::RedisClusterBackend(const VolatileDbConfig& config, bool start_if_unreachable)
     : num_partitions_(config.num_partitions),
       max_batch_size_(config.max_batch_size),
       overflow_margin_(config.overflow_margin),
@@ -144,7 +145,36 @@ RedisClusterBackend::RedisClusterBackend(const VolatileDbConfig& config)
   options.connections_per_node = config.num_node_connections;
   options.connect_timeout_ms = kConnectTimeoutMs;
   options.command_timeout_ms = kCommandTimeoutMs;
-  client_ = std::make_unique<RedisClusterClient>(std::move(options));
+  options_ = std::move(options);
+  try {
+    owned_client_ = std::make_unique<RedisClusterClient>(options_);
+  } catch (const HpsError& e) {
+    if (!start_if_unreachable || e.code() != ErrorCode::kUnavailable) throw;
+    retry_connect_at_ = std::chrono::steady_clock::now() + kReconnectEvery;
+    Log(LogLevel::kWarning, std::string("volatile_db: starting without it: ") + e.what() +
+                                "; lookups go to the persistent_db (or the default) and it is tried again every " +
+                                std::to_string(kReconnectEvery.count()) + " ms");
+    return;
+  }
+  client_.store(owned_client_.get(), std::memory_order_release);
+}
+
+RedisClusterClient& RedisClusterBackend::Client() const {
+  if (RedisClusterClient* client = client_.load(std::memory_order_acquire)) return *client;
+  std::lock_guard<std::mutex> lock(connect_mutex_);
+  if (RedisClusterClient* client = client_.load(std::memory_order_acquire)) return *client;
+  const auto now = std::chrono::steady_clock::now();
+  if (now < retry_connect_at_)
+    throw HpsError(ErrorCode::kUnavailable, "volatile_db: not connected yet (no server answered at start-up)");
+  try {
+    owned_client_ = std::make_unique<RedisClusterClient>(options_);
+  } catch (const HpsError& e) {
+    if (e.code() == ErrorCode::kUnavailable) retry_connect_at_ = now + kReconnectEvery;
+    throw;
+  }
+  Log(LogLevel::kInfo, "volatile_db: connected");
+  client_.store(owned_client_.get(), std::memory_order_release);
+  return *owned_client_;
 }
 
 RedisClusterBackend::~RedisClusterBackend() = default;
@@ -222,7 +252,7 @@ void RedisClusterBackend::WriteRows(const std::string& table, int64_t n, const i
       commands.push_back(std::move(RedisCommand("HLEN").Add(RedisValueHash(table, p))));
     }
   }
-  const std::vector<RedisReplyPtr> replies = client_->Execute(commands);
+  const std::vector<RedisReplyPtr> replies = Client().Execute(commands);
   CheckAll(replies, commands);
   for (const auto& [p, index] : lengths) {
     const int64_t rows = IntegerOf(*replies[index]);
@@ -310,7 +340,7 @@ int64_t RedisClusterBackend::FetchDistinct(const std::string& table, int64_t n, 
       if (track_metadata_) hits[batch.partition].push_back(i);
     }
   };
-  const std::vector<RedisReplyPtr> errors = client_->Execute(commands, &copy_rows);
+  const std::vector<RedisReplyPtr> errors = Client().Execute(commands, &copy_rows);
   for (size_t b = 0; b < errors.size(); ++b) {
     if (errors[b]) Checked(errors[b], commands[b]);  // throws, naming the command
   }
@@ -342,7 +372,7 @@ void RedisClusterBackend::TouchMetadata(const std::string& table, const std::vec
       commands.push_back(std::move(hset));
     }
   }
-  CheckAll(client_->Execute(commands), commands);
+  CheckAll(Client().Execute(commands), commands);
 }
 
 void RedisClusterBackend::ResolveOverflow(const std::string& table, int64_t p, int64_t rows) {
@@ -356,7 +386,7 @@ void RedisClusterBackend::ResolveOverflow(const std::string& table, int64_t p, i
     while (excess > 0) {
       std::vector<RedisCommand> pick;
       pick.push_back(std::move(RedisCommand("HRANDFIELD").Add(value_hash).Add(std::min(excess, max_batch_size_))));
-      const std::vector<RedisReplyPtr> picked = client_->Execute(pick);
+      const std::vector<RedisReplyPtr> picked = Client().Execute(pick);
       const redisReply& fields = Checked(picked[0], pick[0]);
       if (fields.type != REDIS_REPLY_ARRAY || fields.elements == 0) return;
       std::vector<std::string_view> victims;
@@ -365,7 +395,7 @@ void RedisClusterBackend::ResolveOverflow(const std::string& table, int64_t p, i
       std::vector<RedisCommand> deletes;
       AppendDeletes(value_hash, victims, max_batch_size_, &deletes);
       AppendDeletes(meta_hash, victims, max_batch_size_, &deletes);
-      const std::vector<RedisReplyPtr> deleted = client_->Execute(deletes);
+      const std::vector<RedisReplyPtr> deleted = Client().Execute(deletes);
       CheckAll(deleted, deletes);
       const int64_t removed = IntegerOf(*deleted[0]);
       if (removed == 0) return;
@@ -379,7 +409,7 @@ void RedisClusterBackend::ResolveOverflow(const std::string& table, int64_t p, i
   std::vector<RedisCommand> reads;
   reads.push_back(std::move(RedisCommand("HKEYS").Add(value_hash)));
   reads.push_back(std::move(RedisCommand("HGETALL").Add(meta_hash)));
-  const std::vector<RedisReplyPtr> read = client_->Execute(reads);
+  const std::vector<RedisReplyPtr> read = Client().Execute(reads);
   const redisReply& fields = Checked(read[0], reads[0]);
   const redisReply& meta = Checked(read[1], reads[1]);
   std::unordered_map<std::string_view, int64_t> meta_of;
@@ -408,7 +438,7 @@ void RedisClusterBackend::ResolveOverflow(const std::string& table, int64_t p, i
   // Metadata of the victims, and any left over from rows deleted elsewhere.
   for (const auto& [field, unused] : meta_of) victims.push_back(field);
   AppendDeletes(meta_hash, victims, max_batch_size_, &deletes);
-  CheckAll(client_->Execute(deletes), deletes);
+  CheckAll(Client().Execute(deletes), deletes);
 }
 
 int64_t RedisClusterBackend::Size(const std::string& table) const {
@@ -416,7 +446,7 @@ int64_t RedisClusterBackend::Size(const std::string& table) const {
   std::vector<RedisCommand> commands;
   for (int64_t p = 0; p < num_partitions_; ++p)
     commands.push_back(std::move(RedisCommand("HLEN").Add(RedisValueHash(table, p))));
-  const std::vector<RedisReplyPtr> replies = client_->Execute(commands);
+  const std::vector<RedisReplyPtr> replies = Client().Execute(commands);
   int64_t size = 0;
   for (size_t i = 0; i < replies.size(); ++i) size += IntegerOf(Checked(replies[i], commands[i]));
   return size;
@@ -442,7 +472,7 @@ int64_t RedisClusterBackend::Evict(const std::string& table, int64_t n, const in
     for (size_t c = first; c < commands.size(); ++c) value_deletes.push_back(c);
     AppendDeletes(RedisMetaHash(table, p), views, max_batch_size_, &commands);
   }
-  const std::vector<RedisReplyPtr> replies = client_->Execute(commands);
+  const std::vector<RedisReplyPtr> replies = Client().Execute(commands);
   CheckAll(replies, commands);
   int64_t evicted = 0;
   for (size_t c : value_deletes) evicted += IntegerOf(*replies[c]);
@@ -458,7 +488,7 @@ void RedisClusterBackend::EvictTable(const std::string& table) {
                                      .Add(RedisValueHash(table, p))
                                      .Add(RedisMetaHash(table, p))
                                      .Add(RedisVersionHash(table, p))));
-  CheckAll(client_->Execute(commands), commands);
+  CheckAll(Client().Execute(commands), commands);
 }
 
 std::vector<std::string> RedisClusterBackend::ListTables() const {
@@ -466,13 +496,13 @@ std::vector<std::string> RedisClusterBackend::ListTables() const {
   static const std::string kPrefix = "hps_et{";
   static const std::string kSuffix = "}v";
   std::set<std::string> tags;
-  for (const std::string& node : client_->Masters()) {
+  for (const std::string& node : Client().Masters()) {
     std::string cursor = "0";
     do {
       std::vector<RedisCommand> scan;
       scan.push_back(std::move(
           RedisCommand("SCAN").Add(cursor).Add("MATCH").Add(kPrefix + "*" + kSuffix).Add("COUNT").Add(kScanCount)));
-      const std::vector<RedisReplyPtr> replies = client_->ExecuteOn(node, scan);
+      const std::vector<RedisReplyPtr> replies = Client().ExecuteOn(node, scan);
       const redisReply& reply = Checked(replies[0], scan[0]);
       if (reply.type != REDIS_REPLY_ARRAY || reply.elements != 2 || reply.element[0]->type != REDIS_REPLY_STRING ||
           reply.element[1]->type != REDIS_REPLY_ARRAY)

@@ -8,7 +8,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <atomic>
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -24,7 +27,10 @@ class RedisClusterBackend : public DatabaseBackend {
   // the cluster's slot map. Throws HpsError: kUnavailable if no server
   // answers, kInvalidArgument for a bad address or rejected credentials;
   // with enable_tls, as RedisClusterClient's constructor for TLS failures.
-  explicit RedisClusterBackend(const VolatileDbConfig& config);
+  // With start_if_unreachable (a serving process), no answer is not an
+  // error: the backend starts unconnected, every call throws kUnavailable
+  // until a connection attempt (at most one a second) succeeds.
+  explicit RedisClusterBackend(const VolatileDbConfig& config, bool start_if_unreachable = false);
   ~RedisClusterBackend() override;
 
   const char* name() const override { return "redis_cluster"; }
@@ -70,7 +76,16 @@ class RedisClusterBackend : public DatabaseBackend {
   const int64_t overflow_target_;    // rows a partition is brought down to
   const Policy policy_;
   const bool track_metadata_;        // a limit with a least_used/oldest policy
-  std::unique_ptr<RedisClusterClient> client_;  // thread-safe
+  // The client, connecting first if the backend started unconnected; throws
+  // HpsError(kUnavailable) while no server answers.
+  RedisClusterClient& Client() const;
+
+  static constexpr std::chrono::milliseconds kReconnectEvery{1000};
+  RedisClientOptions options_;
+  mutable std::mutex connect_mutex_;  // guards owned_client_ and retry_connect_at_ while unconnected
+  mutable std::unique_ptr<RedisClusterClient> owned_client_;
+  mutable std::chrono::steady_clock::time_point retry_connect_at_{};
+  mutable std::atomic<RedisClusterClient*> client_{nullptr};  // set once connected; thread-safe
 };
 
 }  // namespace tf_hps

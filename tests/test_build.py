@@ -118,3 +118,24 @@ def test_bazel_builds_the_static_library_with_alwayslink():
     rule = re.search(r'tf_hps_cc_library\(\s*name = "tf_hps_ops_static",(.*?)\n\)', build, re.S)
     assert rule and "alwayslink = 1" in rule.group(1)
     assert "//:tf_hps_ops_static" in open(os.path.join(ROOT, "scripts", "bazel_build.sh")).read()
+
+
+def test_the_tf_serving_recipe_builds_from_the_one_source_list():
+    """docs/serving.md's BUILD for tensorflow_model_server takes its files and link options from sources.bzl
+    (the lists //:tf_hps_ops_static, built in every test run, is made of), copies every folder they name, and
+    its apt line holds every -dev package the core builds against."""
+    text = open(os.path.join(ROOT, "docs", "serving.md")).read()
+    recipe = text[text.index("## TensorFlow Serving"):text.index("## Triton")]
+    lists = source_lists()
+    (build,) = [block for block in re.findall(r"```python\n(.*?)```", recipe, re.S) if "cc_library" in block]
+    for name in ("HPS_CORE_SRCS", "HPS_OP_SRCS", "HPS_CORE_HDRS", "HPS_OP_HDRS", "HPS_CORE_LINKOPTS"):
+        assert name in build and name in lists, name
+    assert 'load(":sources.bzl"' in build and "alwayslink = 1" in build and "-ffp-contract=off" in build
+    copy = re.search(r"cp -r ([^\n]+) tensorflow_serving/custom_ops/tf_hps/", recipe).group(1).split()
+    folders = {f.split("/")[0] for name in ("HPS_CORE_SRCS", "HPS_OP_SRCS", "HPS_CORE_HDRS", "HPS_OP_HDRS")
+               for f in lists[name]}
+    assert folders | {"sources.bzl"} <= set(copy), copy
+    bootstrap = open(os.path.join(ROOT, "scripts", "bootstrap.sh")).read()
+    dev_packages = {p for p in re.search(r"APT_PACKAGES=\(([^)]*)\)", bootstrap).group(1).split() if p.endswith("-dev")}
+    apt = re.search(r"apt-get install ([^`]+)`", recipe).group(1).split()
+    assert dev_packages <= set(apt), (dev_packages, apt)

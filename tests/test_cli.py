@@ -60,7 +60,7 @@ def test_unknown_models_and_tables_are_usage_errors(tables, tmp_path):
     out = cli("inspect", f"--config={path}", "--tables=nope")
     assert out.returncode != 0 and "table(s) nope not in the selected models" in out.stderr
     out = cli("launch", f"--config={path}")
-    assert out.returncode != 0 and "usage: python -m tf_hps {ingest|inspect|verify|drop|plan}" in out.stderr
+    assert out.returncode == 2 and "invalid choice: 'launch' (choose from 'ingest', 'inspect'" in out.stderr
 
 
 def test_config_errors_are_reported_without_a_traceback(tmp_path):
@@ -104,7 +104,7 @@ def test_plan_errors_are_clear(tables, tmp_path):
     out = cli("plan", path, "--rows=foo")
     assert out.returncode != 0 and "--rows wants model/table=N, got 'foo'" in out.stderr
     out = cli("inspect", path, "extra")
-    assert out.returncode != 0 and "unexpected argument(s)" in out.stderr
+    assert out.returncode == 2 and "unrecognized arguments: " in out.stderr
 
 
 def test_plan_takes_row_counts_for_tables_without_files(tables, tmp_path):
@@ -119,3 +119,38 @@ def test_plan_takes_row_counts_for_tables_without_files(tables, tmp_path):
     result = json.loads(out.stdout)
     assert result["tables"][0]["rows"] == 5_000_000 and result["unknown_rows"] == []
     assert result["totals"]["redis"] > 5_000_000 * 72
+
+
+def test_each_command_has_its_own_help_with_its_flags_and_examples():
+    overview = cli("--help")
+    assert overview.returncode == 0
+    for command in ("ingest", "inspect", "verify", "drop", "plan"):
+        assert command in overview.stdout
+    flags = {"ingest": ["--config", "--models", "--tables", "--tiers", "--progress"],
+             "inspect": ["--config", "--models", "--tables", "--tiers"],
+             "verify": ["--config", "--models", "--tables", "--tiers", "--progress"],
+             "drop": ["--config", "--models", "--tables", "--tiers", "--yes"],
+             "plan": ["--config", "--json", "--l1", "--concurrent_calls", "--rows"]}
+    texts = {}
+    for command, names in flags.items():
+        out = cli(command, "--help")
+        assert out.returncode == 0, out.stderr
+        texts[command] = out.stdout
+        assert out.stdout.startswith(f"usage: python -m tf_hps {command} ")
+        for name in names:
+            assert name in out.stdout, (command, name)
+        assert f"examples:\n  python -m tf_hps {command} " in out.stdout
+    assert len(set(texts.values())) == len(texts)  # no two alike
+    assert "--yes" not in texts["inspect"] and "--l1" not in texts["ingest"]
+
+
+def test_usage_errors_are_one_line():
+    for args, message in [((), "a command is required: ingest, inspect, verify, drop, plan"),
+                          (("inspect",), "python -m tf_hps inspect: --config is required"),
+                          (("plan", "--l1=tpu"), "argument --l1: invalid choice: 'tpu'"),
+                          (("plan", "x.json", "--concurrent_calls=0"), "--concurrent_calls must be at least 1"),
+                          (("verify", "--config=x.json", "--bogus"), "unrecognized arguments: --bogus")]:
+        out = cli(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.count("\n") == 1 and message in out.stderr, (args, out.stderr)
+        assert out.stdout == ""

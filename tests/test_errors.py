@@ -116,3 +116,37 @@ def test_layer_without_config_and_without_init(tmp_path):
     assert out.startswith("FailedPreconditionError:")
     assert ("model 'foo' has no config in this process: call hps.Init(ps_config_file=...) naming it before the "
             "first lookup, or give the layer a ps_config_file") in out
+
+
+def test_global_batch_size_above_max_batch_size_warns(simple):
+    _, path = simple  # max_batch_size 1024
+    with pytest.warns(UserWarning, match="global_batch_size 4096 is above model 'foo''s max_batch_size 1024") as seen:
+        assert hps.Init(global_batch_size=4096, ps_config_file=path) == "OK"
+    assert seen[0].filename == __file__  # the warning points at the caller's line
+
+
+def test_refresh_of_a_model_nobody_serves(simple):
+    _, path = simple
+    hps.Init(global_batch_size=8, ps_config_file=path)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"refresh_cache: no parameter server in this process serves model 'typo' \(served: .*'foo'"):
+        hps.refresh_cache("typo")
+    assert hps.refresh_cache("foo") >= 0
+
+
+def test_a_lookup_above_the_configured_batch_is_served_and_logged_once(tables):
+    from conftest import ROOT, run_python
+
+    tables.table("t0", 1000, 16)
+    path = tables.config(model="oversized")  # max_batch_size 1024 x 8 keys per sample = 8192 keys per call
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import numpy as np, tensorflow as tf, tf_hps as hps\n"
+        "layer = hps.LookupLayer('oversized', 0, 16, tf.float32, sys.argv[1])\n"
+        "for n in (8192, 20000, 30000):\n"
+        "    assert layer(tf.range(n, dtype=tf.int64)).shape == (n, 16)\n"
+    ) % (ROOT,)
+    err = run_python(code, path).stderr
+    assert err.count("a lookup of") == 1, err
+    assert ("table hps_et.oversized.sparse_embedding0: a lookup of 20000 keys, more than max_batch_size x "
+            "maxnum_catfeature_query_per_table_per_sample = 8192; served in full") in err

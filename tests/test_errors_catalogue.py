@@ -375,14 +375,19 @@ def test_sparse_keys_that_are_not_a_vector(simple):
 # --- backends -------------------------------------------------------------------------------------------
 
 
-def test_redis_down_when_the_server_is_created(tables):
+def test_redis_down_when_the_server_is_created(tables, capfd):
+    """A serving node starts without it (tests/test_faults_start_up.py); a tool that needs it fails."""
+    from tf_hps.storage import Storage
+
     tables.table("t0", 10, 16)
     address = dead_address()
-    path = tables.config(extra={"volatile_db": {"type": "redis", "address": address}}, name="down.json")
-    with pytest.raises(tf.errors.UnavailableError,
-                       match=rf"redis_cluster: no server in volatile_db\.address answered \(redis node {address}: "
-                             r"cannot connect \(Connection refused"):
-        hps.Init(global_batch_size=1, ps_config_file=path)
+    path = tables.config(model="redis_down_at_init", extra={"volatile_db": {"type": "redis", "address": address}},
+                         name="down.json")
+    assert hps.Init(global_batch_size=1, ps_config_file=path) == "OK"
+    assert (f"volatile_db: starting without it: redis_cluster: no server in volatile_db.address answered (redis node "
+            f"{address}: cannot connect (Connection refused") in capfd.readouterr().err
+    with pytest.raises(ConnectionError, match=rf"no server in volatile_db\.address answered \(redis node {address}"):
+        Storage("volatile_db", {"type": "redis_cluster", "address": address})
 
 
 def test_rocksdb_path_that_is_a_file(tables):

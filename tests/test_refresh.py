@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tf_hps as hps
@@ -30,7 +31,8 @@ def test_refresh_cache_brings_database_changes_into_l1(tables, redis_standalone)
     assert hps.refresh_cache("refreshed") >= keys.size
     np.testing.assert_array_equal(layer(tf.constant(keys)).numpy(), new)
     assert hps.stats()[table_tag("refreshed", "sparse_embedding0")]["cache_refreshed"] >= keys.size
-    assert hps.refresh_cache("no_such_model") == 0
+    with pytest.raises(tf.errors.InvalidArgumentError, match="serves model 'no_such_model'"):
+        hps.refresh_cache("no_such_model")  # a typo is an error, not 0 rows
 
 
 def test_refresh_interval_refreshes_on_a_timer(tables, redis_standalone):

@@ -117,3 +117,10 @@ def test_32_bit_models_read_unsigned_file_keys_as_int32_bits(tables):
     layer = hps.LookupLayer("foo", 0, 16, tf.float32, tables.config(extra={"supportlonglong": False}))
     got = layer(tf.constant([-1, 5, 0], tf.int32)).numpy()
     np.testing.assert_array_equal(got, tables.rows["t0"][1][[2, 1, 0]])
+
+
+def test_save_table_refuses_a_key_in_two_rows(tmp_path):
+    keys = np.array([1, 4, 7, 9, 11, 7])
+    with pytest.raises(ValueError, match=r"key 7 is in rows 2 and 5: each key must be in one row \(1 repeated"):
+        hps.save_table(tmp_path / "t", keys, np.zeros((6, 2), np.float32))
+    assert not (tmp_path / "t").exists()  # nothing written

@@ -65,10 +65,10 @@ def _register_ops(_tensorflow=None) -> None:
     try:
         importlib.import_module("tf_hps._ops").ops()
     except Exception as e:  # noqa: BLE001 - importing must not fail; the first use raises the same error
-        import warnings
+        from tf_hps._warn import warn
 
-        warnings.warn(f"tf_hps: the op library was not loaded ({e}); exports with tf_hps layers will not load "
-                      "in this process", RuntimeWarning, stacklevel=2)
+        warn(f"tf_hps: the op library was not loaded ({e}); exports with tf_hps layers will not load in this "
+             "process", RuntimeWarning)
 
 
 def _register_layers(_keras=None) -> None:

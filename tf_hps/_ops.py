@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 
 import tensorflow as tf
+
+from tf_hps._warn import warn
 
 _LIBRARY_NAME = "_tf_hps_ops.so"
 _GPU_LIBRARY_NAME = "_tf_hps_ops_gpu.so"
@@ -104,11 +105,10 @@ def _load_gpu_kernels() -> bool:
             return False
         tf.load_library(path)
     except Exception as e:  # noqa: BLE001 - any failure must leave CPU lookups working
-        warnings.warn(
+        warn(
             f"tf_hps: could not load the GPU kernels from {path} ({e}); lookups run on the CPU kernels. "
             f"Rebuild with `make gpu`, or set {_GPU_KERNELS_ENV}=0 to skip them.",
             RuntimeWarning,
-            stacklevel=3,
         )
         return False
     return True

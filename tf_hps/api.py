@@ -9,6 +9,7 @@ import os
 import tensorflow as tf
 
 from tf_hps._ops import ops
+from tf_hps._warn import warn
 from tf_hps.config import PsConfig, load_config
 
 # The configs hps.Init loaded, by canonical path, in Init order (a later Init of a file replaces it).
@@ -55,6 +56,13 @@ def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> 
     if not os.fspath(ps_config_file):
         raise ValueError("ps_config_file is required")
     config = load_config(ps_config_file)
+    for model in config.data["models"]:
+        if global_batch_size > model["max_batch_size"]:
+            warn(
+                f"hps.Init: global_batch_size {global_batch_size} is above model {model['model']!r}'s max_batch_size "
+                f"{model['max_batch_size']} in {config.path} (HPS refuses this); lookups of bigger batches are served, "
+                "but GPU caches size their buffers by max_batch_size: raise it to the largest batch",
+                UserWarning)
     _evaluate(lambda: ops().tf_hps_init(ps_config=config.canonical_json, ps_config_file=config.path, bind=True,
                                         global_batch_size=global_batch_size))
     key = os.path.realpath(config.path)
@@ -63,7 +71,7 @@ def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> 
     return "OK"
 
 
-def stats() -> dict[str, dict[str, int]]:
+def stats() -> dict[str, dict[str, int | list[int]]]:
     """Counters of every table served in this process, by table tag (``hps_et.<model>.<table>``).
 
     Each holds ``lookups`` (calls), ``keys`` (duplicates included), ``l1_hits``
@@ -75,7 +83,9 @@ def stats() -> dict[str, dict[str, int]]:
     ``insert_deferred`` / ``insert_dropped`` (of those, rows left to the
     background inserter / dropped because its queue was full), ``cache_evicted``
     (rows L1 evicted to make room), ``cache_refreshed``, ``cache_rows``,
-    and a latency histogram: ``latency_counts[i]`` calls took at most
+    ``rows_updated``, ``updates_rejected`` (malformed update messages) and
+    ``update_failures`` (polls of the table's update stream that failed, then
+    retried after ``failure_backoff_ms``), and a latency histogram: ``latency_counts[i]`` calls took at most
     ``latency_us_bounds[i]`` microseconds (the last count is unbounded).
     With RocksDB as the persistent database, also its memory in bytes:
     ``pdb_memtable_bytes`` and ``pdb_index_filter_bytes`` (the table's) and
@@ -85,7 +95,7 @@ def stats() -> dict[str, dict[str, int]]:
         >>> hps.stats()["hps_et.foo.sparse_embedding0"]["l1_hits"]  # doctest: +SKIP
         1234
     """
-    totals: dict[str, dict[str, int]] = {}
+    totals: dict[str, dict[str, int | list[int]]] = {}
     per_server = _evaluate(lambda: ops().tf_hps_stats())
     for text in per_server:
         for tag, counters in json.loads(text.decode()).items():
@@ -111,7 +121,9 @@ def refresh_cache(model_name: str = "") -> int:
     reach the cache without waiting for eviction. For one model, or every
     model served in this process when ``model_name`` is empty. A model's
     ``refresh_interval`` (seconds) also runs this on a timer, first after
-    ``refresh_delay``. Returns the number of rows refreshed.
+    ``refresh_delay``. Returns the number of rows refreshed; a ``model_name``
+    that no parameter server of the process serves raises
+    ``tf.errors.InvalidArgumentError`` naming the models served.
 
     Example:
         >>> hps.refresh_cache("foo")  # doctest: +SKIP

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 
 from tf_hps._ops import ops
+from tf_hps._warn import warn
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,6 @@ def load_config(ps_config_file: str | os.PathLike) -> PsConfig:
     # Parsed now, also inside a tf.Graph, a tf.function or TF1 mode (eager execution disabled).
     canonical, warning_list = _evaluate(lambda: ops().tf_hps_parse_config(config_file=path))
     for message in warning_list:
-        warnings.warn(message.decode(), UserWarning, stacklevel=2)
+        warn(message.decode(), UserWarning)
     text = canonical.decode()
     return PsConfig(path=path, canonical_json=text, data=json.loads(text))

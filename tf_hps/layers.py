@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 
@@ -65,8 +66,10 @@ class _TableLayer(keras.layers.Layer):
         table_id: int,
         emb_vec_size: int,
         emb_vec_dtype=tf.float32,
-        ps_config_file: str = "",
+        ps_config_file: str | os.PathLike = "",
         global_batch_size: int = 1,
+        ps_config: str | None = None,
+        saved_in: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -87,7 +90,18 @@ class _TableLayer(keras.layers.Layer):
         # Read now if it exists, so mistakes show at once; else when traced, or by the op at its first
         # run (HPS's way: the model is exported before its config exists, docs/config.md).
         self._ps_config: PsConfig | None = None
-        if self.ps_config_file and os.path.exists(self.ps_config_file):
+        # The canonical config a .keras file carries (get_config), as an export carries it, and whether the
+        # file was saved by another process (then the layer is served as an export from elsewhere is).
+        self._carried: PsConfig | None = None
+        self._from_elsewhere = False
+        if ps_config is not None:
+            if not isinstance(ps_config, str):
+                raise TypeError(f"ps_config must be a canonical config JSON string, got {type(ps_config).__name__}")
+            self._carried = PsConfig(path=self.ps_config_file or "(carried by the saved layer)",
+                                     canonical_json=ps_config, data=json.loads(ps_config))
+            self._check_table(self._carried)
+            self._from_elsewhere = saved_in != api.process_token()
+        elif self.ps_config_file and os.path.exists(self.ps_config_file):
             self._ps_config = load_config(self.ps_config_file)
             self._check_table(self._ps_config)
         elif not self.ps_config_file:
@@ -116,14 +130,18 @@ class _TableLayer(keras.layers.Layer):
 
     def _config(self) -> PsConfig | None:
         """The config the graph carries (docs/config.md): the file's, as hps.Init read it if it did; for a layer
-        without a file, the config hps.Init loaded that names the model. None: resolved when the op runs."""
-        if self.ps_config_file:
-            config = api.config_for_file(self.ps_config_file)
+        without a file, the config hps.Init loaded that names the model; then the config a .keras file carried.
+        A layer restored from another process's .keras file: the config hps.Init loaded that names the model,
+        else the carried one. None: resolved when the op runs."""
+        if self._from_elsewhere:  # restored from another process's .keras file: served as its export is
+            config = api.config_for_model(self.model_name) or self._carried
+        elif self.ps_config_file:
+            config = api.config_for_file(self.ps_config_file) or self._carried
             if config is None and self._ps_config is None and os.path.exists(self.ps_config_file):
                 self._ps_config = load_config(self.ps_config_file)  # written since the layer was made
             config = config or self._ps_config
         else:
-            config = api.config_for_model(self.model_name)
+            config = api.config_for_model(self.model_name) or self._carried
         if config is not None:
             self._check_table(config)
         return config
@@ -135,7 +153,8 @@ class _TableLayer(keras.layers.Layer):
             ps_config=config.canonical_json if config is not None else "",
             ps_config_file=self.ps_config_file,
             model_name=self.model_name,
-            traced_in=api.process_token(),
+            # A layer restored from a .keras file is served by the rule of an export from another process.
+            traced_in="" if self._from_elsewhere else api.process_token(),
             global_batch_size=self.global_batch_size,
         )
 
@@ -149,6 +168,14 @@ class _TableLayer(keras.layers.Layer):
             ps_config_file=self.ps_config_file,
             global_batch_size=self.global_batch_size,
         )
+        # The config itself, canonical (absolute paths, secrets as $env: references or redacted), as an
+        # export carries it: the .keras file loads where the config file is not (docs/config.md).
+        try:
+            carried = self._config()
+        except ValueError:  # two loaded configs name the model: the file cannot say which
+            carried = None
+        config["ps_config"] = carried.canonical_json if carried is not None else None
+        config["saved_in"] = api.process_token()
         return config
 
 

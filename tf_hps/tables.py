@@ -15,6 +15,16 @@ import os
 import numpy as np
 
 
+def _refuse_duplicate_keys(keys: np.ndarray) -> None:
+    """A key twice in a table would serve one of its rows, which depending on eviction: refuse it."""
+    order = np.argsort(keys, kind="stable")
+    same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    if same.size:
+        first, second = int(order[same[0]]), int(order[same[0] + 1])
+        raise ValueError(f"key {int(keys[first])} is in rows {first} and {second}: each key must be in one row "
+                         f"({same.size} repeated key(s) in all)")
+
+
 def save_table(folder: str | os.PathLike, keys, vectors) -> str:
     """Writes an HPS table folder from arrays of keys (N,) and vectors (N, D).
 
@@ -42,6 +52,7 @@ def save_table(folder: str | os.PathLike, keys, vectors) -> str:
         raise ValueError("vectors must have at least one column")
     if np.issubdtype(keys.dtype, np.unsignedinteger) and keys.size and keys.max() > np.iinfo(np.int64).max:
         raise ValueError("keys must fit int64")
+    _refuse_duplicate_keys(keys)
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     for name, data in (("key", keys.astype("<i8")), ("emb_vector", vectors.astype("<f4"))):
