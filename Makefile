@@ -9,6 +9,14 @@ SHELL := /bin/bash
 MAKEFLAGS += --jobs=$(shell nproc)
 PY := .venv/bin/python
 BUILD := build
+# Another Python's TensorFlow to build against (setup.py, building a wheel):
+#   make libs PY=/path/to/python BUILD=build/wheel-...
+# then nothing is set up: that Python must have TensorFlow already.
+ifeq ($(origin PY),command line)
+TF_FLAGS_DEPS :=
+else
+TF_FLAGS_DEPS := .venv/.requirements.stamp
+endif
 LIB := tf_hps/_tf_hps_ops.so
 STORAGE_LIB := tf_hps/_tf_hps_storage.so
 
@@ -24,7 +32,7 @@ LINKOPTS := $(call bzl_list,HPS_CORE_LINKOPTS)
 # give TF's bits (ops/sparse_combine.h) whatever -march is added.
 CXXFLAGS := -O2 -fPIC -ffp-contract=off -std=c++17 -Wall -Wno-sign-compare -Wno-deprecated-declarations -Wno-interference-size -I.
 
-.PHONY: all setup lib demo test bazel clean
+.PHONY: all setup lib libs demo test bazel clean
 
 all: lib
 
@@ -38,12 +46,13 @@ $(BUILD)/.system.stamp: scripts/bootstrap.sh
 setup: $(BUILD)/.system.stamp .venv/.requirements.stamp
 
 # TF's compile and link flags come from the installed wheel.
-$(BUILD)/tf_flags.mk: .venv/.requirements.stamp
+$(BUILD)/tf_flags.mk: $(TF_FLAGS_DEPS)
 	@mkdir -p $(BUILD)
 	@$(PY) -c 'import tensorflow as tf; \
 	print("TF_CFLAGS :=", " ".join(tf.sysconfig.get_compile_flags())); \
 	print("TF_LFLAGS :=", " ".join(tf.sysconfig.get_link_flags())); \
-	print("TF_LIB :=", tf.sysconfig.get_lib())' 2>/dev/null > $@.tmp && mv $@.tmp $@
+	print("TF_LIB :=", tf.sysconfig.get_lib()); \
+	print("TF_VERSION :=", tf.__version__)' 2>/dev/null > $@.tmp && mv $@.tmp $@
 
 -include $(BUILD)/tf_flags.mk
 
@@ -65,7 +74,14 @@ $(STORAGE_LIB): $(CORE_OBJS) $(CAPI_OBJS)
 	@echo "  LD  $@"
 	@g++ -shared $^ -o $@ $(LINKOPTS) -Wl,--no-undefined
 
-lib: setup $(LIB) $(STORAGE_LIB)
+# Which TensorFlow the op library was built against: tf_hps checks it at import (tf_hps/_ops.py).
+BUILD_INFO := tf_hps/_build_info.json
+$(BUILD_INFO): $(BUILD)/tf_flags.mk
+	@echo '{"tensorflow": "$(TF_VERSION)"}' > $@
+
+lib: setup libs
+# The libraries alone, for a Python that has TensorFlow (setup.py builds wheels with it).
+libs: $(LIB) $(STORAGE_LIB) $(BUILD_INFO)
 
 $(BUILD)/saved_model_runner: serving/saved_model_runner.cc $(BUILD)/tf_flags.mk
 	@echo "  CXX $<"
@@ -96,7 +112,7 @@ test-other-kernels: lib $(BUILD)/saved_model_runner
 	done
 
 clean:
-	rm -rf $(BUILD) tf_hps/_tf_hps_*.so
+	rm -rf $(BUILD) tf_hps/_tf_hps_*.so $(BUILD_INFO)
 
 # ---------------------------------------------------------------------------
 # CUDA: the GPU embedding cache, the static GPU table and the GPU lookup

@@ -59,19 +59,25 @@ def __dir__():
     return __all__
 
 
-def _register_ops(_tensorflow=None) -> None:
+def _register_ops(_tensorflow=None, now: bool = False) -> None:
     """Registers the ops with TensorFlow (loads the op library, a few milliseconds), as HPS's import did, so
-    that ``tf.saved_model.load`` of an export with tf_hps layers works after ``import tf_hps``."""
+    that ``tf.saved_model.load`` of an export with tf_hps layers works after ``import tf_hps``.
+
+    A TensorFlow of another minor version than the library was built for fails ``import tf_hps`` with an
+    ImportError naming both (``now``: TensorFlow was imported first); found when TensorFlow is imported
+    later, it only warns, and the first use raises it."""
     try:
         importlib.import_module("tf_hps._ops").ops()
-    except Exception as e:  # noqa: BLE001 - importing must not fail; the first use raises the same error
+    except Exception as e:  # noqa: BLE001 - importing TensorFlow must not fail because of tf_hps
+        if now and isinstance(e, ImportError):
+            raise
         from tf_hps._warn import warn
 
         warn(f"tf_hps: the op library was not loaded ({e}); exports with tf_hps layers will not load in this "
              "process", RuntimeWarning)
 
 
-def _register_layers(_keras=None) -> None:
+def _register_layers(_keras=None, now: bool = False) -> None:
     """The layers register themselves with Keras when their module is imported (keras.saving finds them)."""
     importlib.import_module("tf_hps.layers")
 
@@ -80,7 +86,7 @@ def _when_imported(module_name: str, hook) -> None:
     """Runs hook now if module_name is imported, else right after it is. TensorFlow is never imported here:
     ``python -m tf_hps --help`` and the storage tools start without it."""
     if module_name in sys.modules:
-        hook(sys.modules[module_name])
+        hook(sys.modules[module_name], now=True)
         return
     try:
         import wrapt  # a dependency of TensorFlow's; without it there is no TensorFlow to hook either

@@ -19,6 +19,7 @@ the GPU kernel library links against the default op library.
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import tensorflow as tf
@@ -58,7 +59,8 @@ def op_library_path() -> str:
     path = _library_file(_LIBRARY_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"tf_hps op library not found at {path}; build it with `make lib` in the repository root"
+            f"tf_hps op library not found at {path}; build it with `make lib` in the repository root, or install "
+            "a built tf_hps (pip install .)"
         )
     return path
 
@@ -114,12 +116,34 @@ def _load_gpu_kernels() -> bool:
     return True
 
 
+def check_tensorflow_version() -> None:
+    """Raises ImportError when this process's TensorFlow is not the minor version the op library was built
+    for (``_build_info.json``, written by the build beside the library): it links that version's
+    libtensorflow_framework.so.2, whose C++ ABI changes between minor versions."""
+    info = _library_file("_build_info.json")
+    if not os.path.isfile(info):
+        return
+    with open(info) as f:
+        built = json.load(f)["tensorflow"]
+    found = tf.__version__
+    want = built.split(".")[:2]
+    if found.split(".")[:2] != want:
+        major, minor = int(want[0]), int(want[1])
+        raise ImportError(
+            f"tf_hps was built for TensorFlow {built}, but this process has TensorFlow {found} "
+            f"({os.path.dirname(tf.__file__)}): install TensorFlow {major}.{minor} "
+            f"(pip install 'tensorflow>={major}.{minor},<{major}.{minor + 1}', or tensorflow-cpu), "
+            "or build tf_hps against yours (pip install --no-binary tf_hps tf_hps, or make lib in a checkout)"
+        )
+
+
 @functools.lru_cache(maxsize=None)
 def ops():
     """The generated op wrappers (tf_hps_init, tf_hps_lookup, tf_hps_parse_config).
 
-    Loads the op library and then, where they can run, the GPU kernels.
+    Checks TensorFlow's version, loads the op library and then, where they can run, the GPU kernels.
     """
+    check_tensorflow_version()
     module = tf.load_op_library(op_library_path())
     _load_gpu_kernels()  # after the op library, which it links against
     return module
