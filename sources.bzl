@@ -5,44 +5,48 @@ flags out of it, so both builds compile and link exactly the same things.
 Keep one entry per line.
 """
 
-# TF-free C++: configuration, table files, cache, lookup session, storage.
+# TF-free C++, in layers that include only downwards (tests/test_build.py
+# checks): base/ (errors, log, key hash, dedup) <- storage/ (the database
+# backends, taking their own options) <- core/ (configuration, table files,
+# cache, lookup session, online updates).
 HPS_CORE_SRCS = [
-    "core/background_worker.cc",
-    "core/config.cc",
-    "core/table_file.cc",
-    "core/embedding_cache.cc",
-    "core/parameter_server.cc",
-    "core/unique_keys.cc",
-    "core/update_consumer.cc",
-    "core/update_stream.cc",
+    "base/unique_keys.cc",
     "storage/factory.cc",
     "storage/hash_map_backend.cc",
     "storage/redis_client.cc",
     "storage/redis_cluster_backend.cc",
     "storage/rocksdb_backend.cc",
+    "core/background_worker.cc",
+    "core/config.cc",
+    "core/embedding_cache.cc",
+    "core/parameter_server.cc",
+    "core/table_file.cc",
+    "core/update_consumer.cc",
+    "core/update_stream.cc",
 ]
 
 HPS_CORE_HDRS = [
-    "core/background_worker.h",
-    "core/config.h",
-    "core/error.h",
-    "core/key_hash.h",
-    "core/log.h",
-    "core/table_file.h",
-    "core/embedding_cache.h",
-    "core/slab_set.h",
-    "core/parameter_server.h",
-    "core/scratch.h",
-    "core/unique_keys.h",
-    "core/update_consumer.h",
-    "core/update_stream.h",
+    "base/error.h",
+    "base/key_hash.h",
+    "base/log.h",
+    "base/unique_keys.h",
     "storage/backend.h",
     "storage/factory.h",
     "storage/hash_map_backend.h",
-    "storage/rocksdb_backend.h",
     "storage/layout.h",
+    "storage/options.h",
     "storage/redis_client.h",
     "storage/redis_cluster_backend.h",
+    "storage/rocksdb_backend.h",
+    "core/background_worker.h",
+    "core/config.h",
+    "core/embedding_cache.h",
+    "core/parameter_server.h",
+    "core/scratch.h",
+    "core/slab_set.h",
+    "core/table_file.h",
+    "core/update_consumer.h",
+    "core/update_stream.h",
 ]
 
 # Libraries the core links against (Debian packages). OpenSSL (libssl-dev's
@@ -67,13 +71,14 @@ HPS_OP_HDRS = [
     "ops/sparse_combine.h",
 ]
 
-# The C ABI of the storage backends: _tf_hps_storage.so = core + these (no TF).
+# The tools' C ABI (tf_hps/storage.py: backends, table files, config parser,
+# update publisher), the top layer beside ops/: _tf_hps_storage.so = core + these (no TF).
 HPS_STORAGE_CAPI_SRCS = [
-    "storage/c_api.cc",
+    "tools/c_api.cc",
 ]
 
 HPS_STORAGE_CAPI_HDRS = [
-    "storage/c_api.h",
+    "tools/c_api.h",
 ]
 
 # The GPU embedding cache, static table and lookup pipeline, TF-free with C

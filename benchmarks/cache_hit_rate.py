@@ -24,7 +24,7 @@ Reported for each (alpha, size):
   Over all keys this is exact: the top-k probability mass. Over distinct keys it is counted on the same
   measured batches: the share of their distinct keys whose rank is within the top k;
 * set-limited: the same perfect cache, but each key may only sit in its own set (64 ways, placed by
-  core/key_hash.h), so each set keeps the 64 most frequent of its keys. No replacement policy with this
+  base/key_hash.h), so each set keeps the 64 most frequent of its keys. No replacement policy with this
   placement can beat it; the gap between it and the ideal is what the set overflow costs;
 * LRU model: what a fully associative cache with the same batch-grained LRU would reach in the long run,
   from the characteristic-time approximation of LRU (Che et al.): a key is cached exactly when it occurred in
@@ -100,7 +100,7 @@ def _rotr(x: np.ndarray, r: int) -> np.ndarray:
 
 
 def mix_key(keys: np.ndarray) -> np.ndarray:
-    """core/key_hash.h MixKey, vectorised (uint64 arithmetic wraps as in C++)."""
+    """base/key_hash.h MixKey, vectorised (uint64 arithmetic wraps as in C++)."""
     v = keys.astype(np.uint64)
     v = v ^ _rotr(v, 25) ^ _rotr(v, 50)
     v = v * np.uint64(0xA24BAED4963EE407)
@@ -135,7 +135,7 @@ def check_placement() -> None:
         mine = set_of(mix_key(keys), num_sets)
         theirs = [HostCache.home(int(k), num_sets)[0] for k in keys]
         if mine.astype(np.int64).tolist() != theirs:
-            raise SystemExit("set placement of benchmarks/cache_hit_rate.py disagrees with core/key_hash.h")
+            raise SystemExit("set placement of benchmarks/cache_hit_rate.py disagrees with base/key_hash.h")
 
 
 # --------------------------------------------------------------------------- LRU model

@@ -10,7 +10,7 @@
  * owns its slot (one entry per partition; all 0 for a standalone server).
  *
  * One fetch of the batch does what the C++ backend's fetch does, with nothing
- * around it: mix each key (core/key_hash.h) to find its partition, group the
+ * around it: mix each key (base/key_hash.h) to find its partition, group the
  * batch by partition, append one HMGET "hps_et{<tag>/p<p>}v" <8-byte keys...>
  * per non-empty partition with redisAppendCommandArgv, flush every node's
  * output buffer, then read the replies in order with redisGetReply and copy
@@ -37,7 +37,7 @@ static void die(const char* what) {
   exit(1);
 }
 
-/* The 64-bit key mix of core/key_hash.h (MixKey). */
+/* The 64-bit key mix of base/key_hash.h (MixKey). */
 static uint64_t rotr(uint64_t x, int r) { return (x >> r) | (x << (64 - r)); }
 
 static uint64_t mix_key(uint64_t v) {

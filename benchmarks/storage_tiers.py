@@ -9,7 +9,7 @@ wrapper), and each baseline fetches the very same keys from the very same data:
 
 * hash_map: numpy gather ``table[rows]`` of a dense (rows, D) float32 array.
 * Redis (a standalone server and a 3-master cluster, started here and always stopped):
-  - redis-py + hiredis: compute each key's partition in numpy (the mix of core/key_hash.h), sort the
+  - redis-py + hiredis: compute each key's partition in numpy (the mix of base/key_hash.h), sort the
     batch by partition, queue one ``HMGET hps_et{<tag>/p<p>}v <8-byte key>...`` per non-empty
     partition with all of the batch's keys of that partition in a non-transactional pipeline
     (``RedisCluster.pipeline()`` on the cluster), execute it once, then join the row bytes into a
@@ -175,7 +175,7 @@ def make_workload(rows: int, dims: list[int], batch_sizes: list[int], alpha: flo
 
 
 def partition_of(keys: np.ndarray, num_partitions: int) -> np.ndarray:
-    """PartitionOf of storage/layout.h in numpy: MixKey (core/key_hash.h) mod num_partitions."""
+    """PartitionOf of storage/layout.h in numpy: MixKey (base/key_hash.h) mod num_partitions."""
     v = keys.astype(np.int64).view(np.uint64)
 
     def rotr(x, r):

@@ -2,7 +2,7 @@
 
 #include <exception>
 
-#include "core/log.h"
+#include "base/log.h"
 
 namespace tf_hps {
 

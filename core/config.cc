@@ -15,7 +15,7 @@
 #include <set>
 #include <sstream>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/table_file.h"
 
 namespace tf_hps {

@@ -8,7 +8,7 @@
 
 #include <sys/mman.h>
 
-#include "core/key_hash.h"
+#include "base/key_hash.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

@@ -10,10 +10,10 @@
 #include <random>
 #include <thread>
 
-#include "core/error.h"
-#include "core/log.h"
+#include "base/error.h"
+#include "base/log.h"
+#include "base/unique_keys.h"
 #include "core/table_file.h"
-#include "core/unique_keys.h"
 #include "storage/factory.h"
 
 namespace tf_hps {

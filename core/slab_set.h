@@ -34,7 +34,7 @@
 
 #include <cstdint>
 
-#include "core/key_hash.h"
+#include "base/key_hash.h"
 
 #if !defined(__CUDA_ARCH__) && defined(__SSE2__)
 #define TF_HPS_SLAB_SSE2 1

@@ -7,8 +7,8 @@
 #include <chrono>
 #include <regex>
 
-#include "core/error.h"
-#include "core/log.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "core/parameter_server.h"
 #include "storage/backend.h"
 #include "storage/layout.h"

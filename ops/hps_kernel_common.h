@@ -11,8 +11,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "base/error.h"
 #include "core/config.h"
-#include "core/error.h"
 #include "core/parameter_server.h"
 #include "tensorflow/core/framework/op_kernel.h"
 

@@ -9,12 +9,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "base/error.h"
+#include "base/log.h"
+#include "base/unique_keys.h"
 #include "core/config.h"
-#include "core/error.h"
-#include "core/log.h"
 #include "core/parameter_server.h"
 #include "core/scratch.h"
-#include "core/unique_keys.h"
 #include "ops/hps_kernel_common.h"
 #include "ops/sparse_combine.h"
 #include "tensorflow/core/framework/op_kernel.h"

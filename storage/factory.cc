@@ -1,6 +1,6 @@
 #include "storage/factory.h"
 
-#include "core/error.h"
+#include "base/error.h"
 #include "storage/hash_map_backend.h"
 #include "storage/redis_cluster_backend.h"
 #include "storage/rocksdb_backend.h"

@@ -4,8 +4,8 @@
 
 #include <memory>
 
-#include "core/config.h"
 #include "storage/backend.h"
+#include "storage/options.h"
 
 namespace tf_hps {
 

@@ -6,8 +6,8 @@
 #include <mutex>
 #include <random>
 
-#include "core/error.h"
-#include "core/key_hash.h"
+#include "base/error.h"
+#include "base/key_hash.h"
 
 namespace tf_hps {
 namespace {

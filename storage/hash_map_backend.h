@@ -27,8 +27,8 @@
 #include <memory>
 #include <shared_mutex>
 
-#include "core/config.h"
 #include "storage/backend.h"
+#include "storage/options.h"
 
 namespace tf_hps {
 

@@ -23,7 +23,7 @@
 #include <cstdint>
 #include <string>
 
-#include "core/key_hash.h"
+#include "base/key_hash.h"
 
 namespace tf_hps {
 

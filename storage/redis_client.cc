@@ -69,7 +69,7 @@ extern "C" {
 #include <thread>
 #include <utility>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace tf_hps {
 

@@ -37,9 +37,9 @@
 #include <set>
 #include <unordered_map>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "core/unique_keys.h"
+#include "base/error.h"
+#include "base/log.h"
+#include "base/unique_keys.h"
 #include "storage/layout.h"
 
 namespace tf_hps {

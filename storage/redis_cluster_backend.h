@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
 #include "storage/backend.h"
+#include "storage/options.h"
 #include "storage/redis_client.h"
 
 namespace tf_hps {

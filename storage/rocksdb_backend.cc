@@ -48,9 +48,9 @@
 #include <mutex>
 #include <unordered_set>
 
-#include "core/error.h"
-#include "core/unique_keys.h"
-#include "core/log.h"
+#include "base/error.h"
+#include "base/log.h"
+#include "base/unique_keys.h"
 #include "storage/layout.h"
 
 namespace tf_hps {

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
 #include "storage/backend.h"
+#include "storage/options.h"
 
 namespace rocksdb {
 class ColumnFamilyHandle;

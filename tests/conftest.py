@@ -16,7 +16,7 @@ sys.path.insert(0, ROOT)
 import tf_hps as hps  # noqa: E402
 
 # Tests read tf_hps's info lines, also from children started with TF_CPP_MIN_LOG_LEVEL=1 (which would
-# hide them: core/log.h); the tests of the levels themselves set the variables they test.
+# hide them: base/log.h); the tests of the levels themselves set the variables they test.
 os.environ["TF_HPS_LOG_LEVEL"] = "0"
 
 # Real Redis servers (standalone, 3-node cluster), started once per session.

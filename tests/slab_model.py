@@ -27,7 +27,7 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def mix_key(key: int) -> int:
-    """core/key_hash.h MixKey on the key's 64 bits."""
+    """base/key_hash.h MixKey on the key's 64 bits."""
 
     def rotr(x: int, r: int) -> int:
         return ((x >> r) | (x << (64 - r))) & MASK64

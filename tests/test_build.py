@@ -18,9 +18,38 @@ def source_lists():
 
 def test_every_cpp_file_is_in_the_one_source_list():
     listed = {f for name, files in source_lists().items() if not name.endswith("LINKOPTS") for f in files}
-    on_disk = {os.path.relpath(p, ROOT) for d in ("core", "storage", "ops", "ops/cuda")
+    on_disk = {os.path.relpath(p, ROOT) for d in ("base", "storage", "core", "tools", "ops", "ops/cuda")
                for ext in ("cc", "h", "cu") for p in glob.glob(os.path.join(ROOT, d, f"*.{ext}"))}
     assert listed == on_disk
+
+
+# What each folder's C++ may include of ours: the layers point one way, base <- storage <- core <- tools, ops.
+LAYERS = {
+    "base": {"base"},
+    "storage": {"base", "storage"},
+    "core": {"base", "storage", "core"},
+    "tools": {"base", "storage", "core", "tools"},
+    "ops": {"base", "storage", "core", "ops"},
+    "ops/cuda": {"base", "core", "ops", "ops/cuda"},
+}
+
+
+def test_includes_point_down_the_layers():
+    """Draws the include graph of the C++ tree (folder to folder) and checks it has no edge upwards."""
+    edges = {}
+    for name, files in source_lists().items():
+        if name.endswith("LINKOPTS"):
+            continue
+        for path in files:
+            folder = os.path.dirname(path)
+            for included in re.findall(r'^#include "([a-z_]+(?:/[a-z_]+)*)/[a-z_0-9]+\.h"',
+                                       open(os.path.join(ROOT, path)).read(), re.M):
+                if included.split("/")[0] in ("base", "storage", "core", "tools", "ops"):  # ours, not TF's
+                    edges.setdefault(folder, set()).add(included)
+    assert set(edges) <= set(LAYERS), set(edges) - set(LAYERS)
+    upward = {folder: sorted(targets - LAYERS[folder]) for folder, targets in edges.items() if targets - LAYERS[folder]}
+    assert not upward, f"includes against the layering: {upward}"
+    assert edges["storage"] == {"base", "storage"} and "core" in edges["tools"]
 
 
 LOOKUP = """

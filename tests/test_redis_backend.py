@@ -29,10 +29,10 @@ EDGE_KEYS = np.array([0, 1, -1, -2, INT64_MIN, INT64_MAX, INT64_MIN + 1, INT64_M
                      np.int64)
 
 
-# --- an independent rendering of the key layout (storage/layout.h, core/key_hash.h) ----------------
+# --- an independent rendering of the key layout (storage/layout.h, base/key_hash.h) ----------------
 
 def mix_key(keys: np.ndarray) -> np.ndarray:
-    """The 64-bit rotate-xor-multiply mix of core/key_hash.h, on uint64 arrays."""
+    """The 64-bit rotate-xor-multiply mix of base/key_hash.h, on uint64 arrays."""
     v = np.asarray(keys).astype(np.uint64)
 
     def rotr(x, r):

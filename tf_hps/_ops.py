@@ -147,3 +147,21 @@ def ops():
     module = tf.load_op_library(op_library_path())
     _load_gpu_kernels()  # after the op library, which it links against
     return module
+
+
+def evaluate(build):
+    """Runs the ops that ``build()`` creates, now, on the CPU, and returns their values as numpy.
+
+    Eagerly where TensorFlow executes eagerly, also when called while a ``tf.function`` traces or
+    inside a ``tf.Graph`` (``init_scope`` steps out of them); in TF1 mode (eager execution disabled)
+    in a private graph and session, so the caller's graph gets no nodes from it.
+    """
+    with tf.init_scope():
+        if tf.executing_eagerly():
+            with tf.device("/CPU:0"):
+                return tf.nest.map_structure(lambda t: t.numpy(), build())
+    graph = tf.Graph()
+    with graph.as_default(), tf.device("/CPU:0"):
+        fetches = build()
+    with tf.compat.v1.Session(graph=graph) as session:
+        return session.run(fetches)

@@ -6,32 +6,13 @@ import functools
 import json
 import os
 
-import tensorflow as tf
-
+from tf_hps._ops import evaluate as _evaluate
 from tf_hps._ops import ops
 from tf_hps._warn import warn
 from tf_hps.config import PsConfig, load_config
 
 # The configs hps.Init loaded, by canonical path, in Init order (a later Init of a file replaces it).
 _loaded: dict[str, PsConfig] = {}
-
-
-def _evaluate(build):
-    """Runs the ops that ``build()`` creates, now, on the CPU, and returns their values as numpy.
-
-    Eagerly where TensorFlow executes eagerly, also when called while a ``tf.function`` traces or
-    inside a ``tf.Graph`` (``init_scope`` steps out of them); in TF1 mode (eager execution disabled)
-    in a private graph and session, so the caller's graph gets no nodes from it.
-    """
-    with tf.init_scope():
-        if tf.executing_eagerly():
-            with tf.device("/CPU:0"):
-                return tf.nest.map_structure(lambda t: t.numpy(), build())
-    graph = tf.Graph()
-    with graph.as_default(), tf.device("/CPU:0"):
-        fetches = build()
-    with tf.compat.v1.Session(graph=graph) as session:
-        return session.run(fetches)
 
 
 def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> str:  # noqa: N802 (HPS name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from tf_hps._ops import ops
+from tf_hps._ops import evaluate, ops
 from tf_hps._warn import warn
 
 
@@ -53,11 +53,9 @@ def load_config(ps_config_file: str | os.PathLike) -> PsConfig:
         >>> cfg.model("foo")["embedding_vecsize_per_table"]  # doctest: +SKIP
         [16]
     """
-    from tf_hps.api import _evaluate  # not at the top: tf_hps.api imports this module
-
     path = os.path.abspath(os.fspath(ps_config_file))
     # Parsed now, also inside a tf.Graph, a tf.function or TF1 mode (eager execution disabled).
-    canonical, warning_list = _evaluate(lambda: ops().tf_hps_parse_config(config_file=path))
+    canonical, warning_list = evaluate(lambda: ops().tf_hps_parse_config(config_file=path))
     for message in warning_list:
         warn(message.decode(), UserWarning)
     text = canonical.decode()

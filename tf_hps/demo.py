@@ -30,7 +30,7 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up notices out of the demo
-os.environ.setdefault("TF_HPS_LOG_LEVEL", "0")  # but show tf_hps's own (core/log.h: it follows TF's otherwise)
+os.environ.setdefault("TF_HPS_LOG_LEVEL", "0")  # but show tf_hps's own (base/log.h: it follows TF's otherwise)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,7 +1,7 @@
 """Direct access to the storage backends, without TensorFlow.
 
 Talks to the same C++ backends the ops use, through the small C ABI of
-``_tf_hps_storage.so`` (storage/c_api.h). Tools (ingestion, inspection) and
+``_tf_hps_storage.so`` (tools/c_api.h). Tools (ingestion, inspection) and
 tests use it to read and write tables in a volatile or persistent database.
 
 Example:
@@ -25,7 +25,7 @@ import numpy as np
 _LIBRARY_NAME = "_tf_hps_storage.so"
 _ERR_LEN = 4096
 
-# tf_hps::ErrorCode, in enum order (core/error.h): name and the builtin it also is.
+# tf_hps::ErrorCode, in enum order (base/error.h): name and the builtin it also is.
 _ERRORS = [
     ("InvalidArgument", ValueError),
     ("NotFound", FileNotFoundError),

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "core/key_hash.h"
+#include "base/key_hash.h"
 
 namespace tf_hps {
 namespace {

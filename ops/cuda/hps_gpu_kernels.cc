@@ -43,9 +43,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "base/error.h"
+#include "base/log.h"
 #include "core/config.h"
-#include "core/error.h"
-#include "core/log.h"
 #include "core/parameter_server.h"
 #include "core/table_file.h"
 #include "ops/cuda/gpu_lookup_c_api.h"

@@ -1,8 +1,8 @@
 // De-duplication of a batch of keys, shared by the lookup session and the
 // storage backends whose per-key cost is high (a network round trip, a
 // RocksDB block search): each distinct key is looked up once.
-#ifndef TF_HPS_CORE_UNIQUE_KEYS_H_
-#define TF_HPS_CORE_UNIQUE_KEYS_H_
+#ifndef TF_HPS_BASE_UNIQUE_KEYS_H_
+#define TF_HPS_BASE_UNIQUE_KEYS_H_
 
 #include <cstdint>
 #include <cstring>
@@ -52,4 +52,4 @@ int64_t FetchEachKeyOnce(int64_t n, const int64_t* keys, float* values, int64_t 
 
 }  // namespace tf_hps
 
-#endif  // TF_HPS_CORE_UNIQUE_KEYS_H_
+#endif  // TF_HPS_BASE_UNIQUE_KEYS_H_

@@ -1,7 +1,7 @@
 // The 64-bit key mix shared by the hash-map partitions and the cache sets: a
 // rotate-xor-multiply finaliser, so that sequential keys spread evenly.
-#ifndef TF_HPS_CORE_KEY_HASH_H_
-#define TF_HPS_CORE_KEY_HASH_H_
+#ifndef TF_HPS_BASE_KEY_HASH_H_
+#define TF_HPS_BASE_KEY_HASH_H_
 
 #include <cstdint>
 
@@ -25,4 +25,4 @@ TF_HPS_HOST_DEVICE inline uint64_t MixKey(uint64_t v) {
 
 }  // namespace tf_hps
 
-#endif  // TF_HPS_CORE_KEY_HASH_H_
+#endif  // TF_HPS_BASE_KEY_HASH_H_

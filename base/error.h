@@ -5,8 +5,8 @@
 // status code. The op kernels catch them at the boundary and turn them into
 // absl::Status values, which TensorFlow raises in Python as
 // tf.errors.InvalidArgumentError, tf.errors.NotFoundError and so on.
-#ifndef TF_HPS_CORE_ERROR_H_
-#define TF_HPS_CORE_ERROR_H_
+#ifndef TF_HPS_BASE_ERROR_H_
+#define TF_HPS_BASE_ERROR_H_
 
 #include <stdexcept>
 #include <string>
@@ -42,4 +42,4 @@ class HpsError : public std::runtime_error {
 
 }  // namespace tf_hps
 
-#endif  // TF_HPS_CORE_ERROR_H_
+#endif  // TF_HPS_BASE_ERROR_H_

@@ -1,13 +1,13 @@
-#include "storage/c_api.h"
+#include "tools/c_api.h"
 
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "base/error.h"
+#include "base/log.h"
 #include "core/config.h"
-#include "core/error.h"
-#include "core/log.h"
 #include "core/table_file.h"
 #include "core/update_stream.h"
 #include "storage/factory.h"

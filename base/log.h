@@ -5,8 +5,8 @@
 // else TF_CPP_MIN_LOG_LEVEL, else 0. 0 prints everything, 1 warnings and
 // errors, 2 errors, 3 nothing; the names info, warning, error and none also
 // work. Read at every message, so a process may change it while it runs.
-#ifndef TF_HPS_CORE_LOG_H_
-#define TF_HPS_CORE_LOG_H_
+#ifndef TF_HPS_BASE_LOG_H_
+#define TF_HPS_BASE_LOG_H_
 
 #include <cstdio>
 #include <cstdlib>
@@ -39,4 +39,4 @@ inline void Log(LogLevel level, const std::string& message) {
 
 }  // namespace tf_hps
 
-#endif  // TF_HPS_CORE_LOG_H_
+#endif  // TF_HPS_BASE_LOG_H_

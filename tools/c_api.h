@@ -5,8 +5,8 @@
  * value on failure: -(1 + code), code being the tf_hps::ErrorCode, with a
  * NUL-terminated message in err. Buffers are host memory; keys are (n)
  * int64, values (n, dim) float32 row-major. */
-#ifndef TF_HPS_STORAGE_C_API_H_
-#define TF_HPS_STORAGE_C_API_H_
+#ifndef TF_HPS_TOOLS_C_API_H_
+#define TF_HPS_TOOLS_C_API_H_
 
 #include <stddef.h>
 #include <stdint.h>
@@ -85,4 +85,4 @@ int64_t hps_publisher_flush(HpsUpdatePublisher* publisher, char* err, size_t err
 }
 #endif
 
-#endif /* TF_HPS_STORAGE_C_API_H_ */
+#endif /* TF_HPS_TOOLS_C_API_H_ */

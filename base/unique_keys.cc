@@ -1,9 +1,9 @@
-#include "core/unique_keys.h"
+#include "base/unique_keys.h"
 
 #include <algorithm>
 #include <memory>
 
-#include "core/key_hash.h"
+#include "base/key_hash.h"
 
 namespace tf_hps {
 namespace {
