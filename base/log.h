@@ -29,11 +29,29 @@ inline int MinLogLevel() {
   return 0;  // not a level: print everything rather than hide a warning
 }
 
+// One line whatever the message holds: control bytes (a newline, a terminal
+// escape) in text that came from outside, such as an update message's fields,
+// are written as \xNN, so they cannot forge log lines or drive the terminal.
+inline std::string OneLogLine(const std::string& message) {
+  std::string out;
+  out.reserve(message.size());
+  for (const char c : message) {
+    const unsigned char ch = static_cast<unsigned char>(c);
+    if (ch < 0x20 || ch == 0x7f) {
+      char hex[5];
+      std::snprintf(hex, sizeof(hex), "\\x%02x", ch);
+      out += hex;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 inline void Log(LogLevel level, const std::string& message) {
   if (static_cast<int>(level) < MinLogLevel()) return;
   static const char* const kNames[] = {"I", "W", "E"};
-  std::fprintf(stderr, "[tf_hps %s] %s\n", kNames[static_cast<int>(level)],
-               message.c_str());
+  std::fprintf(stderr, "[tf_hps %s] %s\n", kNames[static_cast<int>(level)], OneLogLine(message).c_str());
   std::fflush(stderr);
 }
 

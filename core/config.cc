@@ -479,6 +479,9 @@ void ValidateModel(ModelConfig& m, const std::string& at, const std::string& bas
       Fail(at + ".deployed_device_list[" + std::to_string(i) + "]", "device ids are non-negative");
   }
   CheckPositive(m.max_batch_size, at + ".max_batch_size");
+  // Seconds a timer waits: beyond 1e9 (31 years) its clock arithmetic overflows.
+  CheckRange(m.refresh_interval, -1e9, 1e9, at + ".refresh_interval");  // <= 0: no refresh
+  CheckRange(m.refresh_delay, -1e9, 1e9, at + ".refresh_delay");
   CheckPositive(m.num_of_worker_buffer_in_pool, at + ".num_of_worker_buffer_in_pool");
   CheckPositive(m.num_of_refresher_buffer_in_pool, at + ".num_of_refresher_buffer_in_pool");
   CheckPositive(m.thread_pool_size, at + ".thread_pool_size");

@@ -84,7 +84,12 @@ TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim) {
     ThrowInvalidArgument("table file '" + info.key_path + "' has " + std::to_string(key_bytes) +
                          " bytes, not a multiple of 8 (int64 keys)");
   info.num_rows = key_bytes / 8;
-  const int64_t expected = info.num_rows * dim * 4;
+  int64_t expected = 0;
+  if (dim < 1 || __builtin_mul_overflow(info.num_rows, dim, &expected) ||
+      __builtin_mul_overflow(expected, int64_t{4}, &expected))
+    ThrowInvalidArgument("table folder '" + folder + "': " + std::to_string(info.num_rows) + " keys of dimension " +
+                         std::to_string(dim) + " are more floats than a file can hold (embedding_vecsize_per_table "
+                         "may be wrong)");
   if (vector_bytes != expected) {
     std::string hint;
     if (vector_bytes % (info.num_rows * 4) == 0)

@@ -327,6 +327,7 @@ void UpdateConsumer::ReadGroup(Stream& s, const std::string& group, DatabaseBack
     if (e.fields.empty()) continue;  // deleted from the stream (trimmed) while pending
     try {
       const UpdateMessage message = DecodeUpdate(e.fields);
+      CheckNamesTable(s, message);
       if (message.dim != s.table->dim)
         ThrowInvalidArgument("rows have dimension " + std::to_string(message.dim) + ", the table " +
                              std::to_string(s.table->dim));
@@ -383,7 +384,14 @@ UpdateConsumer::Horizon UpdateConsumer::AppliedHorizon(Stream& s) {
   return horizon;
 }
 
+void UpdateConsumer::CheckNamesTable(const Stream& s, const UpdateMessage& message) {
+  if (message.model != s.table->model || message.table != s.table->name)
+    ThrowInvalidArgument("the message names model '" + message.model + "', table '" + message.table + "', but " +
+                         s.key + " carries " + s.table->tag + "'s updates");
+}
+
 void UpdateConsumer::ApplyToProcess(Stream& s, const StreamId& id, const UpdateMessage& message) {
+  CheckNamesTable(s, message);
   const EmbeddingTable& table = *s.table;
   if (message.dim != table.dim)
     ThrowInvalidArgument("rows have dimension " + std::to_string(message.dim) + ", the table " +

@@ -87,6 +87,8 @@ class UpdateConsumer {
   };
   Horizon AppliedHorizon(Stream& stream);
   void ApplyToProcess(Stream& stream, const StreamId& id, const UpdateMessage& message);
+  // Throws HpsError(kInvalidArgument) unless the message names the stream's own model and table.
+  static void CheckNamesTable(const Stream& stream, const UpdateMessage& message);
   void CreateGroup(const Stream& stream, const std::string& group, const char* start);
 
   const ParameterServer& server_;

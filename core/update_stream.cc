@@ -3,7 +3,10 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <map>
+#include <unordered_set>
+#include <vector>
 
 #include "base/error.h"
 #include "storage/layout.h"
@@ -138,6 +141,28 @@ void UpdatePublisher::Publish(const std::string& model, const std::string& table
                          model + "' has embedding_vecsize_per_table " +
                          std::to_string(mc.embedding_vecsize_per_table[t]));
   if (n < 0) ThrowInvalidArgument("negative number of rows");
+  // A key given twice: its last row is the update. A message applies its rows under one version, so
+  // a repeat inside it would leave which row wins to the order each tier writes in.
+  std::vector<int64_t> distinct_keys;
+  std::vector<float> distinct_rows;
+  {
+    std::unordered_set<int64_t> seen;
+    std::vector<int64_t> last;  // positions of each key's last row, from the end
+    for (int64_t i = n - 1; i >= 0; --i)
+      if (seen.insert(keys[i]).second) last.push_back(i);
+    if (static_cast<int64_t>(last.size()) != n) {
+      std::reverse(last.begin(), last.end());
+      distinct_keys.reserve(last.size());
+      distinct_rows.reserve(last.size() * dim);
+      for (int64_t i : last) {
+        distinct_keys.push_back(keys[i]);
+        distinct_rows.insert(distinct_rows.end(), vectors + i * dim, vectors + (i + 1) * dim);
+      }
+      n = static_cast<int64_t>(last.size());
+      keys = distinct_keys.data();
+      vectors = distinct_rows.data();
+    }
+  }
   const std::string stream = UpdateStreamKey(TableTag(model, table));
   const int64_t batch = config_.update_source.max_batch_size;
   for (int64_t begin = 0; begin < n; begin += batch) {

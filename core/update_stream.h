@@ -79,7 +79,8 @@ class UpdatePublisher {
   ~UpdatePublisher();
 
   // Checks the model, table name and dim against the config, then queues the
-  // rows as messages of at most update_source.max_batch_size rows each.
+  // rows as messages of at most update_source.max_batch_size rows each. A
+  // key given twice is published once, with its last row.
   void Publish(const std::string& model, const std::string& table, int64_t n, const int64_t* keys,
                const float* vectors, int64_t dim);
 

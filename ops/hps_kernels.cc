@@ -217,7 +217,8 @@ class LookupOp : public OpKernel {
       binding_.Resolve(handle.scalar<tensorflow::tstring>()(), std::is_same_v<K, int64_t>, &server, &table);
 
       TensorShape out_shape = keys.shape();
-      out_shape.AddDim(binding_.emb_vec_size());
+      // AddDimWithStatus: a dimension too large for the shape is an error, not an abort.
+      OP_REQUIRES_OK(ctx, out_shape.AddDimWithStatus(binding_.emb_vec_size()));
       Tensor* out = nullptr;
       OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
       const int64_t n = keys.NumElements();

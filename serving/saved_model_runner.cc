@@ -183,7 +183,9 @@ Failure ReadNpy(const std::string& path, Tensor* out) {
   if (!shape_status.ok()) return bad(std::string(shape_status.message()));
 
   const size_t data_start = header_start + header_len;
-  const uint64_t want = static_cast<uint64_t>(shape.num_elements()) * type->size;
+  uint64_t want = 0;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(shape.num_elements()), static_cast<uint64_t>(type->size), &want))
+    return bad(absl::StrCat("shape ", shape.DebugString(), " holds more bytes than a file can"));
   if (bytes.size() - data_start != want)
     return bad(absl::StrCat("expected ", want, " data bytes for shape ",
                             shape.DebugString(), ", found ",

@@ -844,7 +844,8 @@ void RedisClusterClient::RefreshTopology() {
     if (LoadSlotsFrom(NodeAt(address), &error)) return;
     errors += (errors.empty() ? "" : "; ") + error;
   }
-  throw HpsError(ErrorCode::kUnavailable, "redis_cluster: no server in volatile_db.address answered (" + errors + ")");
+  throw HpsError(ErrorCode::kUnavailable,
+                 "redis_cluster: no server in " + options_.config_section + ".address answered (" + errors + ")");
 }
 
 bool RedisClusterClient::LoadSlotsFrom(RedisNode* node, std::string* error) {

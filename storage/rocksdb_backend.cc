@@ -113,6 +113,15 @@ RocksDbBackend::RocksDbBackend(const PersistentDbConfig& config)
   if (max_batch_size_ < 1) ThrowInvalidArgument("persistent_db.max_batch_size must be at least 1");
   if (config.num_threads < 1) ThrowInvalidArgument("persistent_db.num_threads must be at least 1");
 
+  // RocksDB keeps a process's locks by path as written: `db`, `db/` and a symlink to it would each
+  // take their own, and two writers through them corrupt the database. One canonical spelling
+  // makes a second writer in the process meet the first one's lock (other processes meet the LOCK
+  // file itself). Messages keep the configured path.
+  std::error_code canonical_error;
+  const std::string open_path =
+      std::filesystem::weakly_canonical(std::filesystem::absolute(path_, canonical_error), canonical_error).string();
+  const std::string& where = canonical_error || open_path.empty() ? path_ : open_path;
+
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = !read_only_;
   db_options.create_missing_column_families = !read_only_;
@@ -122,17 +131,17 @@ RocksDbBackend::RocksDbBackend(const PersistentDbConfig& config)
   // A database exists once it has a CURRENT file; only then are there column
   // families to list (ListColumnFamilies fails on a fresh path).
   std::error_code ec;
-  const bool exists = std::filesystem::exists(std::filesystem::path(path_) / "CURRENT", ec);
+  const bool exists = std::filesystem::exists(std::filesystem::path(where) / "CURRENT", ec);
   std::vector<std::string> names;
   if (exists) {
-    const rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, path_, &names);
+    const rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, where, &names);
     if (!s.ok()) ThrowOpenError(path_, read_only_, s);
   } else if (read_only_) {
     ThrowNotFound("persistent_db.path '" + path_ +
                   "' holds no RocksDB database, and read_only: true cannot create one");
   } else {
     // RocksDB creates the database folder but not its parents.
-    std::filesystem::create_directories(path_, ec);
+    std::filesystem::create_directories(where, ec);
     if (ec)
       throw HpsError(ErrorCode::kInternal,
                      "cannot create persistent_db.path '" + path_ + "': " + ec.message());
@@ -146,8 +155,8 @@ RocksDbBackend::RocksDbBackend(const PersistentDbConfig& config)
   rocksdb::DB* db = nullptr;
   const rocksdb::Options options(db_options, *cf_options_);
   const rocksdb::Status s =
-      read_only_ ? rocksdb::DB::OpenForReadOnly(options, path_, descriptors, &handles, &db)
-                 : rocksdb::DB::Open(options, path_, descriptors, &handles, &db);
+      read_only_ ? rocksdb::DB::OpenForReadOnly(options, where, descriptors, &handles, &db)
+                 : rocksdb::DB::Open(options, where, descriptors, &handles, &db);
   if (!s.ok()) ThrowOpenError(path_, read_only_, s);
   db_.reset(db);
   for (rocksdb::ColumnFamilyHandle* handle : handles) column_families_[handle->GetName()] = Wrap(handle);

@@ -154,3 +154,16 @@ def test_usage_errors_are_one_line():
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.count("\n") == 1 and message in out.stderr, (args, out.stderr)
         assert out.stdout == ""
+
+
+def test_read_only_commands_never_create_a_database_and_a_folder_is_no_config(tables, tmp_path):
+    tables.table("t0", 10, 16)
+    mistyped = tmp_path / "rdbb"  # the database is at rdb; the config names rdbb
+    path = tables.config(extra={"persistent_db": {"type": "rocks_db", "path": str(mistyped)}})
+    for command in ("inspect", "verify"):
+        out = cli(command, f"--config={path}", "--tiers=persistent_db")
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "holds no RocksDB database" in out.stderr and "rows stored" not in out.stdout
+        assert not mistyped.exists()
+    out = cli("plan", str(tmp_path))
+    assert out.returncode == 2 and f"config file '{tmp_path}' is a directory, not a JSON file" in out.stderr

@@ -152,3 +152,13 @@ def test_no_database_tier_at_all_is_an_error(simple):
     path = tables.config(extra={"volatile_db": {"type": "disabled"}}, name="none.json")
     with pytest.raises(tf.errors.InvalidArgumentError, match="both disabled"):
         hps.Init(global_batch_size=1, ps_config_file=path)
+
+
+@pytest.mark.parametrize("key", ["refresh_interval", "refresh_delay"])
+def test_timer_seconds_beyond_a_billion_are_refused(tables, key):
+    """1e10 s overflowed the timer's clock arithmetic, which then refreshed back to back."""
+    tables.table("t0", 10, 16)
+    path = tables.config(model="timer", extra_model={key: 1e10})
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"config models\[0\]\.{key}: value 10000000000\.0+ is "
+                                                              r"outside \[-1000000000\.0+, 1000000000\.0+\]"):
+        hps.load_config(path)

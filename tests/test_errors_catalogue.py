@@ -539,3 +539,48 @@ def test_acl_user_password_from_the_environment(tables, redis_with_password, mon
     tag = table_tag("alice_model", "sparse_embedding0")
     assert sum(redis_with_password.client.hlen(f"hps_et{{{tag}/p{p}}}v")
                for p in range(3)) == 50
+
+
+HUGE_DIM = (
+    "import sys, json, numpy as np, tensorflow as tf\n"
+    "sys.path.insert(0, %r)\n"
+    "import tf_hps as hps\n"
+    "layer = hps.LookupLayer('huge', 0, 2**62, tf.float32, sys.argv[1])\n"
+    "try:\n"
+    "    layer(tf.constant([1, 2, 3, 4], tf.int64))\n"
+    "except tf.errors.OpError as e:\n"
+    "    print(type(e).__name__, e.message)\n"
+) % (ROOT,)
+
+
+def test_a_huge_dimension_over_a_prefilled_rocksdb_is_an_error_not_an_abort(tables, tmp_path):
+    from tf_hps.storage import Storage
+
+    rocks = str(tmp_path / "rocks")
+    with Storage("persistent_db", {"type": "rocks_db", "path": rocks}) as db:
+        db.insert(table_tag("huge", "sparse_embedding0"), [1], np.zeros((1, 4), np.float32))
+    path = tables.config(tables=("absent",), model="huge", dims=(2**62,), extra_model={"gpucache": False}, extra={
+        "volatile_db": {"type": "hash_map", "initialize_after_startup": False},
+        "persistent_db": {"type": "rocks_db", "path": rocks, "read_only": True}})
+    out = run_python(HUGE_DIM, path).stdout
+    assert "InvalidArgumentError" in out and ("Shape" in out or "shape" in out or "dimension" in out), out
+
+
+def test_a_huge_dimension_with_an_empty_vector_file_is_refused(tables):
+    folder = os.path.join(tables.root, "one_key")
+    os.makedirs(folder)
+    np.array([7], "<i8").tofile(os.path.join(folder, "key"))
+    open(os.path.join(folder, "emb_vector"), "wb").close()  # 0 bytes: 1 x 2**62 x 4 wraps to 0
+    path = tables.config(tables=(folder,), model="huge_file", dims=(2**62,), name="huge_file.json")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="1 keys of dimension 4611686018427387904 are more floats "
+                                                              "than a file can hold"):
+        hps.Init(1, path)
+
+
+def test_an_unreachable_update_source_is_named_as_such(tables):
+    tables.table("t0", 10, 16)
+    address = dead_address()
+    path = tables.config(model="dead_source", extra={"update_source": {"type": "redis_stream", "address": address}},
+                         name="dead_source.json")
+    with pytest.raises(ConnectionError, match=rf"no server in update_source\.address answered \(redis node {address}"):
+        UpdatePublisher(path)

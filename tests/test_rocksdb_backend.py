@@ -349,6 +349,29 @@ def test_a_second_writer_on_a_locked_path_fails_naming_the_path(tmp_path):
         assert db.size(TAG) == 1
 
 
+@pytest.mark.parametrize("alias", ["trailing slash", "dot segments", "symlink", "relative"])
+def test_another_spelling_of_a_locked_path_is_locked_too(tmp_path, alias, monkeypatch):
+    """RocksDB keeps a process's locks by path as written; the backend opens one canonical spelling, so two
+    writers through `db` and `db/` (or a symlink) cannot both open and corrupt the database."""
+    path = str(tmp_path / "db")
+    with open_db(path) as db:
+        db.insert(TAG, [1], np.ones((1, 2), np.float32))
+        if alias == "symlink":
+            os.symlink(path, tmp_path / "link")
+            other = str(tmp_path / "link")
+        elif alias == "relative":
+            monkeypatch.chdir(tmp_path)
+            other = "db"
+        else:
+            other = {"trailing slash": path + "/", "dot segments": str(tmp_path / "x" / ".." / "db")}[alias]
+        with pytest.raises(ConnectionError, match="locked by another writer") as error:
+            open_db(other)
+        assert other in str(error.value)  # named as the config wrote it
+        db.insert(TAG, [2], np.ones((1, 2), np.float32))
+    with open_db(path) as db:  # still a sound database
+        assert db.size(TAG) == 2
+
+
 def test_a_writer_in_another_process_locks_the_path(tmp_path):
     path = str(tmp_path / "db")
     storage_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tf_hps", "storage.py")

@@ -115,6 +115,18 @@ def test_bad_input_file_is_rejected(runner, exported, tmp_path):
     assert "input 'ids' wants int64" in proc.stderr
 
 
+def test_an_npy_header_whose_size_wraps_is_rejected(runner, exported, tmp_path):
+    """A shape of 2**60 x 2 int64 is 2**64 bytes, which wraps to 0: refused, not allocated."""
+    root, _ = exported
+    header = "{'descr': '<i8', 'fortran_order': False, 'shape': (1152921504606846976, 2), }"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    bad = tmp_path / "huge.npy"
+    bad.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
+    proc = run(runner, root, tmp_path, ids=bad)
+    assert proc.returncode == 2, proc.stderr
+    assert "holds more bytes than a file can" in proc.stderr
+
+
 # ------------------------------------------------- a model with tf_hps ops ---
 
 @pytest.fixture(scope="module")

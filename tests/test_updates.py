@@ -391,3 +391,53 @@ def test_publisher_sends_by_itself_when_its_queue_is_full(tables, redis_standalo
     publisher.flush()
     assert redis_standalone.client.xlen(stream) == 3
     publisher.close()
+
+
+def test_a_key_twice_in_one_publish_serves_its_last_row_everywhere(tables, redis_standalone):
+    """The last row of a batch wins, in L1, in the databases and after refresh_cache()."""
+    config = update_config(tables, "upd_twice", redis_standalone.address, dim=4)
+    layer = hps.LookupLayer("upd_twice", 0, 4, tf.float32, config)
+    tag = table_tag("upd_twice", "sparse_embedding0")
+    lookup(layer, [150])  # cached
+    publisher = UpdatePublisher(config)
+    publisher.publish("upd_twice", "sparse_embedding0", [150, 7, 150], np.array([[1.0] * 4, [3.0] * 4, [2.0] * 4]))
+    publisher.flush()
+    stream = f"hps_upd{{{tag}}}"
+    (entry,) = redis_standalone.client.xrange(stream)[-1:]
+    assert int(entry[1][b"count"]) == 2  # one row per key
+    assert wait_for(lambda: lookup(layer, [150]).tolist() == [[2.0] * 4])
+    hps.refresh_cache("upd_twice")
+    assert lookup(layer, [150, 7]).tolist() == [[2.0] * 4, [3.0] * 4]
+
+
+def test_a_message_naming_another_table_is_refused_and_counted(tables, redis_standalone, capfd):
+    config = update_config(tables, "upd_other", redis_standalone.address, dim=4)
+    keys, vectors = tables.rows["upd_other"]
+    layer = hps.LookupLayer("upd_other", 0, 4, tf.float32, config)
+    lookup(layer, keys[:5])
+    tag = table_tag("upd_other", "sparse_embedding0")
+    message = {"v": "1", "model": "other", "table": "t9", "key_type": "int64", "value_type": "float32",
+               "count": "1", "dim": "4", "keys": np.array([3], "<i8").tobytes(),
+               "vectors": np.full(4, 8, "<f4").tobytes()}
+    redis_standalone.client.xadd(f"hps_upd{{{tag}}}", message)
+    assert wait_for(lambda: hps.stats()[tag]["updates_rejected"] == 1)
+    np.testing.assert_array_equal(lookup(layer, keys[:5]), vectors[:5])  # key 3 kept its row
+    assert "the message names model 'other', table 't9', but" in capfd.readouterr().err
+
+
+def test_fields_of_update_messages_reach_the_log_escaped(tables, redis_standalone, capfd):
+    config = update_config(tables, "upd_forged", redis_standalone.address, dim=4)
+    hps.LookupLayer("upd_forged", 0, 4, tf.float32, config)(tf.constant([1], tf.int64))
+    tag = table_tag("upd_forged", "sparse_embedding0")
+    redis_standalone.client.xadd(f"hps_upd{{{tag}}}", {"v": "1\n[tf_hps W] forged\x1b[31m red"})
+    assert wait_for(lambda: hps.stats()[tag]["updates_rejected"] == 1)
+    err = capfd.readouterr().err
+    assert not any(line.startswith("[tf_hps W] forged") for line in err.splitlines()), err
+    assert "\x1b" not in err and "1\\x0a[tf_hps W] forged\\x1b[31m red" in err
+
+
+def test_publish_refuses_keys_that_do_not_fit_int64(tables, redis_standalone):
+    publisher = UpdatePublisher(update_config(tables, "upd_uint", redis_standalone.address, dim=4))
+    with pytest.raises(ValueError, match="keys must fit int64: 18446744073709551615 does not"):
+        publisher.publish("upd_uint", "sparse_embedding0", np.array([2**64 - 1], np.uint64), np.ones((1, 4)))
+    publisher.close()

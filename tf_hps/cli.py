@@ -144,7 +144,9 @@ def open_tiers(args, config: dict) -> list[tuple[str, Storage]]:
     for tier in args.tiers:
         if tier not in SHARED_TYPES:
             raise UsageError(f"--tiers takes volatile_db and/or persistent_db, not {tier!r}")
-        section = config[tier]
+        section = dict(config[tier])
+        if args.command in ("inspect", "verify") and tier == "persistent_db":
+            section["read_only"] = True  # a read-only tool never creates a database (a mistyped path fails)
         if section["type"] not in SHARED_TYPES[tier]:
             print(f"{tier}: skipped (type {section['type']!r} is not a shared database)", file=sys.stderr)
             continue

@@ -303,6 +303,8 @@ def plan_memory(config_path: str | os.PathLike, l1: str = "gpu", rows: dict[str,
     if concurrent_calls < 1:
         raise ValueError(f"concurrent_calls must be at least 1, got {concurrent_calls}")
     path = os.path.abspath(os.fspath(config_path))
+    if os.path.isdir(path):
+        raise ValueError(f"config file '{path}' is a directory, not a JSON file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file '{path}' does not exist")
     config = canonical_config(path)

@@ -79,12 +79,15 @@ class UpdatePublisher:
         return names[table]
 
     def publish(self, model_name: str, table_name, keys, vectors) -> None:
-        """Queues rows: ``keys`` (n) integers, ``vectors`` (n, dim) numbers."""
+        """Queues rows: ``keys`` (n) integers, ``vectors`` (n, dim) numbers. A key given twice is published
+        once, with its last row; keys must fit int64."""
         if not self._handle:
             raise ValueError("this UpdatePublisher is closed")
         keys = np.asarray(keys)
         if keys.dtype.kind not in "iu":
             raise TypeError(f"keys must be integers, got {keys.dtype}")
+        if keys.dtype.kind == "u" and keys.size and keys.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"keys must fit int64: {int(keys.max())} does not (it would be sent as a negative key)")
         keys = np.ascontiguousarray(keys.reshape(-1), np.int64)
         vectors = np.ascontiguousarray(vectors, np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != keys.size:

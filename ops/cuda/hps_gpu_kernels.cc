@@ -338,7 +338,7 @@ class GpuLookupOp : public OpKernel {
       Resolved resolved = Resolve(ctx, handle.scalar<tensorflow::tstring>()());
 
       TensorShape out_shape = keys.shape();
-      out_shape.AddDim(emb_vec_size_);
+      OP_REQUIRES_OK(ctx, out_shape.AddDimWithStatus(emb_vec_size_));
       Tensor* out = nullptr;
       OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
       const int64_t n = keys.NumElements();
