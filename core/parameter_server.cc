@@ -209,6 +209,18 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
       Log(LogLevel::kInfo, "table " + table->tag + ": loaded " + std::to_string(loaded) + " of " +
                                std::to_string(info.num_rows) + " rows");
   });
+  // An in-process hash map as the deepest tier that could not keep every row (overflow_margin) would
+  // answer the default for the rows it evicted: no tier below holds them. Refuse it.
+  if (fill_vdb && !vdb_down && !persistent_db_ && config_.volatile_db.type != "redis_cluster") {
+    const int64_t kept = volatile_db_->Size(table->tag);
+    if (kept < vdb_rows)
+      ThrowInvalidArgument("table " + table->tag + ": the volatile_db keeps " + std::to_string(kept) + " of its " +
+                           std::to_string(vdb_rows) + " rows (overflow_margin " +
+                           std::to_string(config_.volatile_db.overflow_margin) + " per partition, " +
+                           std::to_string(config_.volatile_db.num_partitions) +
+                           " partitions) and there is no persistent_db: the others would answer the default; "
+                           "raise overflow_margin, or add a persistent_db that holds every row");
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   Log(LogLevel::kInfo, "table " + table->tag + ": " + std::to_string(info.num_rows) + " rows of dimension " +
                            std::to_string(table->dim) + " loaded into the " +

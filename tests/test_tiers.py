@@ -125,3 +125,19 @@ def test_cli_ingest_fills_redis_for_nodes_that_load_nothing(tables, tmp_path, re
 
     shutil.rmtree(folder)
     lookups_are_exact(hps.LookupLayer(model, 0, DIM, tf.float32, path), tables)
+
+
+def test_a_hash_map_that_cannot_keep_every_row_needs_a_persistent_db(tables, tmp_path):
+    """Without a PDB, rows the hash map evicted would answer the default: refused at init. With one, served exactly."""
+    tables.table("t0", 3000, 8)
+    vdb = {"type": "hash_map", "overflow_margin": 500, "num_partitions": 4}
+    path = tables.config(model="vdb_too_small", dims=(8,), extra={"volatile_db": vdb})
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"the volatile_db keeps \d+ of its 3000 rows \(overflow_margin 500 per partition, 4 "
+                             "partitions\\) and there is no persistent_db"):
+        hps.Init(1, path)
+    path = tables.config(model="vdb_small_pdb", dims=(8,), name="with_pdb.json", extra={
+        "volatile_db": vdb, "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rocks")}})
+    layer = hps.LookupLayer("vdb_small_pdb", 0, 8, tf.float32, path)
+    keys, vectors = tables.rows["t0"]
+    hps.testing.assert_bitwise_equal(layer(tf.constant(keys)), vectors)
