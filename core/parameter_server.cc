@@ -184,12 +184,23 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   const int64_t report_every = std::max<int64_t>(info.num_rows / 10, 1 << 22);
   int64_t loaded = 0;
   bool vdb_down = false;  // a shared VDB that does not answer: the rest of its share is not loaded
+  // A key twice in the files is refused before any row is written (8 bytes per row meanwhile).
+  const std::vector<int64_t> file_keys = DistinctTableKeys(info, !config_.supportlonglong);
+  // The files are the truth at start-up: keys a RocksDB kept from an earlier load that the files no
+  // longer hold go once the load is done.
+  bool retain = false;
+  if (fill_pdb) {
+    const std::vector<std::string> stored = persistent_db_->ListTables();
+    retain = std::binary_search(stored.begin(), stored.end(), table->tag);
+  }
   ReadTableFolder(info, kLoadChunkRows, !config_.supportlonglong, [&](const int64_t* keys, const float* vectors,
                                                                      int64_t n) {
     if (fill_pdb) persistent_db_->Insert(table->tag, n, keys, vectors, table->dim);
     if (fill_vdb && !vdb_down && loaded < vdb_rows) {
       try {
-        volatile_db_->Insert(table->tag, std::min(n, vdb_rows - loaded), keys, vectors, table->dim);
+        // A shared Redis may hold rows that online updates wrote since the files were made: they stay.
+        volatile_db_->InsertUnlessUpdated(table->tag, std::min(n, vdb_rows - loaded), keys, vectors, table->dim,
+                                          /*only_absent=*/false);
       } catch (const HpsError& e) {
         if (e.code() != ErrorCode::kUnavailable) throw;
         vdb_down = true;
@@ -209,6 +220,14 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
       Log(LogLevel::kInfo, "table " + table->tag + ": loaded " + std::to_string(loaded) + " of " +
                                std::to_string(info.num_rows) + " rows");
   });
+  if (retain) {
+    const int64_t removed = persistent_db_->RetainOnly(table->tag, static_cast<int64_t>(file_keys.size()),
+                                                       file_keys.data());
+    if (removed > 0)
+      Log(LogLevel::kInfo, "table " + table->tag + ": " + std::to_string(removed) + " rows of an earlier load " +
+                               "that the table files no longer hold were removed from the " +
+                               persistent_db_->name());
+  }
   // An in-process hash map as the deepest tier that could not keep every row (overflow_margin) would
   // answer the default for the rows it evicted: no tier below holds them. Refuse it.
   if (fill_vdb && !vdb_down && !persistent_db_ && config_.volatile_db.type != "redis_cluster") {
@@ -384,6 +403,7 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
   std::vector<int64_t> pending(m);  // positions not found yet
   std::iota(pending.begin(), pending.end(), 0);
   std::mutex merge_mutex;
+  const uint64_t epoch_at_read = table.update_epoch.load(std::memory_order_acquire);
   for (DatabaseBackend* tier : {volatile_db_.get(), persistent_db_.get()}) {
     if (tier == nullptr || pending.empty()) continue;
     const bool is_vdb = tier == volatile_db_.get();
@@ -453,11 +473,21 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
         found_rows.insert(found_rows.end(), tier_rows.data() + j * dim, tier_rows.data() + (j + 1) * dim);
       }
     }
-    // cache_missed_embeddings: rows only the PDB held move up into the VDB.
+    // cache_missed_embeddings: rows only the PDB held move up into the VDB, unless an online update
+    // wrote the key there meanwhile (its row is newer than the one read here).
     if (!found_keys.empty()) {
       try {
-        volatile_db_->Insert(table.tag, static_cast<int64_t>(found_keys.size()), found_keys.data(),
-                             found_rows.data(), dim);
+        const int64_t count = static_cast<int64_t>(found_keys.size());
+        if (config_.volatile_db.type == "redis_cluster") {
+          // Other processes update a shared Redis: the server-side check decides.
+          volatile_db_->InsertUnlessUpdated(table.tag, count, found_keys.data(), found_rows.data(), dim,
+                                            /*only_absent=*/true);
+        } else {
+          // This process's updates: none began since the read (an even, unchanged epoch).
+          std::shared_lock<std::shared_mutex> lock(table.write_back_mutex);
+          if (epoch_at_read % 2 == 0 && table.update_epoch.load(std::memory_order_acquire) == epoch_at_read)
+            volatile_db_->Insert(table.tag, count, found_keys.data(), found_rows.data(), dim);
+        }
       } catch (const HpsError& e) {
         if (e.code() != ErrorCode::kUnavailable) throw;
         table.stats.vdb_errors.fetch_add(1, std::memory_order_relaxed);
@@ -468,6 +498,34 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
   }
   table.stats.defaults.fetch_add(static_cast<int64_t>(pending.size()), std::memory_order_relaxed);
   for (int64_t j : pending) std::fill_n(rows + j * dim, dim, table.default_value);
+  if (!pending.empty() && !persistent_db_ && volatile_db_ && config_.volatile_db.type == "redis_cluster")
+    CheckVolatileDbHoldsTable(table);
+}
+
+void ParameterServer::CheckVolatileDbHoldsTable(const EmbeddingTable& table) const {
+  // A Redis that is the only tier answers the default for rows it lost (restarted empty, or
+  // evicted by overflow_margin) as for unknown keys; at most every kRowCheckEveryNs, count them.
+  constexpr int64_t kRowCheckEveryNs = 10'000'000'000;
+  int64_t due = table.vdb_checked_at_ns.load(std::memory_order_relaxed);
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count();
+  if (now < due || !table.vdb_checked_at_ns.compare_exchange_strong(due, now + kRowCheckEveryNs)) return;
+  int64_t held = 0;
+  try {
+    held = volatile_db_->Size(table.tag);
+  } catch (const HpsError& e) {
+    if (e.code() != ErrorCode::kUnavailable) throw;
+    return;
+  }
+  const int64_t missing = std::max<int64_t>(0, table.num_rows - held);
+  const int64_t before = table.stats.vdb_rows_missing.exchange(missing, std::memory_order_relaxed);
+  if (missing > before)
+    Log(LogLevel::kWarning, "table " + table.tag + ": the " + volatile_db_->name() + " holds " + std::to_string(held) +
+                                " of the " + std::to_string(table.num_rows) +
+                                " rows it was loaded with, and there is no persistent_db: the others answer the "
+                                "default (a Redis restarted empty, or overflow_margin); counted in vdb_rows_missing. "
+                                "Reload them with python -m tf_hps ingest, or add a persistent_db");
 }
 
 std::string ParameterServer::MemoryFields(const std::string& tag) const {
@@ -503,7 +561,7 @@ std::string ParameterServer::StatsJson() const {
               field("cache_inserted", c.cache_inserted) + ", " + field("insert_deferred", c.insert_deferred) + ", " +
               field("insert_dropped", c.insert_dropped) + ", " + field("cache_refreshed", c.cache_refreshed) + ", " +
               field("cache_evicted", c.cache_evicted) + ", " + field("rows_updated", c.rows_updated) + ", " +
-              field("updates_rejected", c.updates_rejected) + ", " + field("update_failures", c.update_failures) + ", " + field("update_lag_ms", c.update_lag_ms) + ", " +
+              field("updates_rejected", c.updates_rejected) + ", " + field("update_failures", c.update_failures) + ", " + field("updates_trimmed", c.updates_trimmed) + ", " + field("vdb_rows_missing", c.vdb_rows_missing) + ", " + field("update_lag_ms", c.update_lag_ms) + ", " +
               field("cache_rows", cache_rows) + ", " + MemoryFields(t->tag) +
               "\"latency_us_bounds\": [" + bounds + "], \"latency_counts\": [" + counts + "]}";
     }
@@ -585,6 +643,7 @@ void ParameterServer::ApplyUpdate(const EmbeddingTable& table, const int64_t* ke
                                   const std::function<void()>& write_databases) const {
   if (n <= 0) return;
   std::lock_guard<std::mutex> lock(table.update_mutex);
+  std::unique_lock<std::shared_mutex> no_write_back(table.write_back_mutex);
   // Odd while the update is applied: lookups and refreshes that read the
   // databases before it ends keep their rows out of the cache (UpdateGuard).
   table.update_epoch.fetch_add(1, std::memory_order_seq_cst);

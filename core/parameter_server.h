@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,8 @@ struct TableStats {
   std::atomic<int64_t> rows_updated{0};     // rows of online updates applied
   std::atomic<int64_t> updates_rejected{0}; // update messages refused (wrong dimension, malformed)
   std::atomic<int64_t> update_failures{0};  // polls of the table's update stream that failed (then backed off)
+  std::atomic<int64_t> updates_trimmed{0};  // messages trimmed from the stream before this process read them
+  std::atomic<int64_t> vdb_rows_missing{0};  // rows a Redis VDB with no PDB lost since the load (last check)
   std::atomic<int64_t> update_lag_ms{-1};   // publish-to-apply delay of the latest update applied (-1: none yet)
 
   // Lookup latency histogram: counts of calls taking at most kLatencyBoundsUs[i]
@@ -112,6 +115,11 @@ struct EmbeddingTable {
   // Online updates: odd while one is applied (see UpdateGuard); one at a time.
   mutable std::atomic<uint64_t> update_epoch{0};
   mutable std::mutex update_mutex;  // also guards cache_listeners and cache_refreshers
+  // Rows read from the PDB go into a process-local VDB holding it shared, and
+  // only if no update began since they were read; an update holds it
+  // exclusively, so it never lands between that check and the insert.
+  mutable std::shared_mutex write_back_mutex;
+  mutable std::atomic<int64_t> vdb_checked_at_ns{0};  // next CheckVolatileDbHoldsTable (steady clock)
   // Caches the server does not own (the GPU pipelines), told of every online update.
   mutable std::vector<std::function<void(const int64_t* keys, int64_t n, const float* rows)>> cache_listeners;
   // And how to refresh them (RefreshCaches); each returns the rows it refreshed.
@@ -184,6 +192,8 @@ class ParameterServer {
                           std::vector<char>* found, const ParallelFor& parallel_for) const;
 
  private:
+  // Refreshes vdb_rows_missing of a table whose only tier is Redis (rate-limited); warns when it grows.
+  void CheckVolatileDbHoldsTable(const EmbeddingTable& table) const;
   void LoadTable(const ModelConfig& model, int64_t table_id, EmbeddingTable* table);
 
   // "hash_map + rocks_db", for logs.

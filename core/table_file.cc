@@ -1,5 +1,6 @@
 #include "core/table_file.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -102,6 +103,24 @@ TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim) {
   return info;
 }
 
+namespace {
+
+// File keys as the tiers store them: a 32-bit table's as int32 values (see ReadTableFolder).
+void ConvertKeys(const TableFolderInfo& info, bool keys_are_32_bit, int64_t first_row, int64_t n, int64_t* keys) {
+  if (!keys_are_32_bit) return;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = keys[i];
+    if (k < INT32_MIN || k > static_cast<int64_t>(UINT32_MAX))
+      ThrowInvalidArgument("table file '" + info.key_path + "': key " + std::to_string(k) + " at row " +
+                           std::to_string(first_row + i) + " does not fit 32 bits, but supportlonglong is false");
+    keys[i] = static_cast<int32_t>(static_cast<uint32_t>(k));
+  }
+}
+
+constexpr int64_t kKeyChunkRows = 1 << 20;
+
+}  // namespace
+
 void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, bool keys_are_32_bit,
                      const TableChunkFn& on_chunk) {
   File keys_file = Open(info.key_path);
@@ -114,18 +133,51 @@ void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, bool keys_
     vectors.resize(n * info.dim);
     ReadExactly(keys_file.get(), keys.data(), n * sizeof(int64_t), info.key_path);
     ReadExactly(vectors_file.get(), vectors.data(), n * info.dim * sizeof(float), info.vector_path);
-    if (keys_are_32_bit) {
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t k = keys[i];
-        if (k < INT32_MIN || k > static_cast<int64_t>(UINT32_MAX))
-          ThrowInvalidArgument("table file '" + info.key_path + "': key " + std::to_string(k) + " at row " +
-                               std::to_string(done + i) + " does not fit 32 bits, but supportlonglong is false");
-        keys[i] = static_cast<int32_t>(static_cast<uint32_t>(k));
-      }
-    }
+    ConvertKeys(info, keys_are_32_bit, done, n, keys.data());
     on_chunk(keys.data(), vectors.data(), n);
     done += n;
   }
+}
+
+std::vector<int64_t> DistinctTableKeys(const TableFolderInfo& info, bool keys_are_32_bit) {
+  std::vector<int64_t> keys(static_cast<size_t>(info.num_rows));
+  {
+    File keys_file = Open(info.key_path);
+    for (int64_t done = 0; done < info.num_rows;) {
+      const int64_t n = std::min(kKeyChunkRows, info.num_rows - done);
+      ReadExactly(keys_file.get(), keys.data() + done, n * sizeof(int64_t), info.key_path);
+      ConvertKeys(info, keys_are_32_bit, done, n, keys.data() + done);
+      done += n;
+    }
+  }
+  std::sort(keys.begin(), keys.end());
+  const auto twice = std::adjacent_find(keys.begin(), keys.end());
+  if (twice == keys.end()) return keys;
+  // Name the rows: a second pass over the file, on the error path only.
+  const int64_t key = *twice;
+  std::vector<int64_t> rows, as_written;
+  File keys_file = Open(info.key_path);
+  std::vector<int64_t> chunk;
+  for (int64_t done = 0; done < info.num_rows && rows.size() < 2;) {
+    const int64_t n = std::min(kKeyChunkRows, info.num_rows - done);
+    chunk.resize(n);
+    ReadExactly(keys_file.get(), chunk.data(), n * sizeof(int64_t), info.key_path);
+    std::vector<int64_t> raw(chunk);
+    ConvertKeys(info, keys_are_32_bit, done, n, chunk.data());
+    for (int64_t i = 0; i < n && rows.size() < 2; ++i) {
+      if (chunk[i] != key) continue;
+      rows.push_back(done + i);
+      as_written.push_back(raw[i]);
+    }
+    done += n;
+  }
+  std::string message = "table file '" + info.key_path + "': key " + std::to_string(key) + " is at row " +
+                        std::to_string(rows.at(0)) + " and again at row " + std::to_string(rows.at(1));
+  if (as_written[0] != as_written[1])
+    message += " (the file holds " + std::to_string(as_written[0]) + " and " + std::to_string(as_written[1]) +
+               ", one 32-bit key, as supportlonglong is false)";
+  ThrowInvalidArgument(message + "; which row would serve is undefined: keep one row per key "
+                                 "(hps.save_table refuses duplicates)");
 }
 
 }  // namespace tf_hps

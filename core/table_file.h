@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace tf_hps {
 
@@ -34,6 +35,12 @@ TableFolderInfo InspectTableFolder(const std::string& folder, int64_t dim);
 using TableChunkFn = std::function<void(const int64_t* keys, const float* vectors, int64_t n)>;
 void ReadTableFolder(const TableFolderInfo& info, int64_t chunk_rows, bool keys_are_32_bit,
                      const TableChunkFn& on_chunk);
+
+// The folder's keys (converted as ReadTableFolder does), sorted. Throws
+// kInvalidArgument naming a key the file holds twice and both its rows: with
+// two rows for one key, which one serves would depend on what each tier saw
+// last. One pass over the key file; 8 bytes of memory per row.
+std::vector<int64_t> DistinctTableKeys(const TableFolderInfo& info, bool keys_are_32_bit);
 
 // Where a config file's relative table folder was looked for, when it was in
 // none of the places (config.cc: the file's folder, then the working

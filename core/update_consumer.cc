@@ -78,6 +78,22 @@ std::vector<Entry> EntriesOf(const redisReply* list) {
   return entries;
 }
 
+// KEYS: the stream. ARGV: COUNT, the cursor. XREAD, and with what it read, in the same
+// atomic step, the stream's length, entries-added (-1 before Redis 7) and last ID: how many
+// entries were trimmed before the cursor reached them. {} when nothing is new.
+constexpr const char* kReadWithCountsScript = R"lua(
+local read = redis.call('XREAD', 'COUNT', ARGV[1], 'STREAMS', KEYS[1], ARGV[2])
+if not read then return {} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local length, added, last = 0, -1, '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'length' then length = info[i + 1] end
+  if info[i] == 'entries-added' then added = info[i + 1] end
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+end
+return {length, added, last, read}
+)lua";
+
 // The entries of a read of one stream: [[stream, [entries...]]] or nil.
 std::vector<Entry> ReadEntries(const redisReply& reply) {
   if (reply.type != REDIS_REPLY_ARRAY || reply.elements == 0) return {};
@@ -112,6 +128,9 @@ struct UpdateConsumer::Stream {
   bool shared_pending_first = true;
   bool persistent_pending_first = true;
   int64_t polls = 0;
+  // Stream position (Redis's entries-added count) of the entry at cursor, -1 while unknown: with
+  // the stream's length it tells how many entries were trimmed before the process read them.
+  int64_t position = -1;
   bool ready = false;         // groups made and cursor set (SetUp)
   bool failing = false;       // its last poll failed: logged once, retried after a back-off
   int64_t retry_at_ms = 0;    // steady clock
@@ -165,13 +184,11 @@ void UpdateConsumer::SetUp(Stream& s, bool at_start) {
   const std::string group_start = at_start ? "$" : started.ToString();
   if (s.shared_group) CreateGroup(s, kSharedGroup, group_start.c_str());
   if (s.persistent_group) CreateGroup(s, persistent_group_, group_start.c_str());
+  s.position = -1;
   if (at_start) {
-    RedisCommand last("XREVRANGE");
-    last.Add(s.key).Add("+").Add("-").Add("COUNT").Add(int64_t{1});
-    RedisReplyPtr reply = RunOne(*client_, last);
-    if (RedisReplyIsError(*reply)) ThrowReplyError(last, *reply);
-    const std::vector<Entry> entries = EntriesOf(reply.get());
-    s.cursor = entries.empty() ? StreamId{} : entries[0].id;
+    const StreamInfo info = ReadStreamInfo(s);
+    s.cursor = info.last;
+    s.position = info.entries_added;  // -1 before Redis 7
   } else {
     s.cursor = started.seq > 0 || started.ms == 0 ? StreamId{} : StreamId{started.ms - 1, UINT64_MAX};
   }
@@ -183,9 +200,10 @@ void UpdateConsumer::SetUp(Stream& s, bool at_start) {
     if (horizon.exclusive) {
       const StreamId& p = horizon.bound;
       const StreamId before = p.seq > 0 ? StreamId{p.ms, p.seq - 1} : StreamId{p.ms - 1, UINT64_MAX};
-      if (before < s.cursor) s.cursor = before;
+      if (before < s.cursor) s.cursor = before, s.position = -1;
     } else if (horizon.bound < s.cursor) {
       s.cursor = horizon.bound;
+      s.position = -1;
     }
   }
   s.ready = true;
@@ -267,12 +285,30 @@ void UpdateConsumer::PollStream(Stream& s, bool* work) {
   if (s.shared_group) ReadGroup(s, kSharedGroup, tiers_.volatile_db, &s.shared_pending_first, work);
   if (s.persistent_group) ReadGroup(s, persistent_group_, tiers_.persistent_db, &s.persistent_pending_first, work);
 
-  RedisCommand read("XREAD");
-  read.Add("COUNT").Add(kReadCount).Add("STREAMS").Add(s.key).Add(s.cursor.ToString()).RouteBy(4);
+  RedisCommand read("EVAL");
+  read.Add(kReadWithCountsScript).Add(int64_t{1}).Add(s.key).Add(kReadCount).Add(s.cursor.ToString()).RouteBy(3);
   RedisReplyPtr reply = RunOne(*client_, read);
   if (RedisReplyIsError(*reply)) ThrowReplyError(read, *reply);
-  const std::vector<Entry> entries = ReadEntries(*reply);
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 4) return;  // nothing new
+  const int64_t length = reply->element[0]->integer;
+  const int64_t entries_added = reply->element[1]->integer;  // -1 before Redis 7
+  const StreamId last_id = StreamId::Parse(Text(*reply->element[2]));
+  const std::vector<Entry> entries = ReadEntries(*reply->element[3]);
   if (entries.empty()) return;
+  if (entries_added < 0) {
+    s.position = -1;
+  } else {
+    // Trimming removes the oldest entries (nothing here deletes others), so the first one left is
+    // number entries_added - length + 1; the entries after the cursor up to it were never read here.
+    const int64_t first_left = entries_added - length + 1;
+    if (s.position >= 0 && s.position + 1 < first_left) {
+      NoteTrimmed(s, first_left - 1 - s.position);
+      s.position = first_left - 1;  // the batch starts at the first entry left
+    }
+    // Unknown (set up from a time, not at the stream's end): known again once a batch ends the stream.
+    if (s.position < 0 && entries.back().id == last_id)
+      s.position = entries_added - static_cast<int64_t>(entries.size());
+  }
   // Apply only what the databases behind the cache hold already.
   const Horizon horizon = s.shared_group || s.persistent_group ? AppliedHorizon(s) : Horizon{};
   for (const Entry& e : entries) {
@@ -285,8 +321,40 @@ void UpdateConsumer::PollStream(Stream& s, bool* work) {
       Log(LogLevel::kWarning, "online updates: " + s.key + " entry " + e.id.ToString() + " skipped: " + error.what());
     }
     s.cursor = e.id;
+    if (s.position >= 0) ++s.position;
     *work = true;
   }
+}
+
+UpdateConsumer::StreamInfo UpdateConsumer::ReadStreamInfo(const Stream& s) {
+  StreamInfo info;
+  RedisCommand command("XINFO");
+  command.Add("STREAM").Add(s.key).RouteBy(2);
+  RedisReplyPtr reply = RunOne(*client_, command);
+  if (RedisReplyIsError(*reply)) {
+    if (Text(*reply).find("no such key") != std::string_view::npos) return info;  // no message yet
+    ThrowReplyError(command, *reply);
+  }
+  bool has_entries_added = false;
+  for (size_t f = 0; reply->type == REDIS_REPLY_ARRAY && f + 1 < reply->elements; f += 2) {
+    const std::string_view field = Text(*reply->element[f]);
+    const redisReply* value = reply->element[f + 1];
+    if (field == "length") info.length = value->integer;
+    if (field == "entries-added") info.entries_added = value->integer, has_entries_added = true;
+    if (field == "last-entry" && value->type == REDIS_REPLY_ARRAY && value->elements >= 1)
+      info.last = StreamId::Parse(Text(*value->element[0]));
+  }
+  if (!has_entries_added) info.entries_added = -1;
+  return info;
+}
+
+void UpdateConsumer::NoteTrimmed(Stream& s, int64_t lost) {
+  s.table->stats.updates_trimmed.fetch_add(lost, std::memory_order_relaxed);
+  Log(LogLevel::kWarning, "online updates: " + std::to_string(lost) + " message(s) of " + s.key +
+                              " were trimmed from the stream before this process read them "
+                              "(update_source.max_stream_entries " + std::to_string(config_.max_stream_entries) +
+                              " is below what it had yet to read): their rows miss this process's caches until "
+                              "they are next updated or refreshed; counted in updates_trimmed");
 }
 
 void UpdateConsumer::ReadGroup(Stream& s, const std::string& group, DatabaseBackend* db, bool* pending_first,

@@ -86,6 +86,17 @@ class UpdateConsumer {
     bool Covers(const StreamId& id) const { return exclusive ? id < bound : id <= bound; }
   };
   Horizon AppliedHorizon(Stream& stream);
+  // XINFO STREAM: length, entries ever added (-1 before Redis 7) and the
+  // last entry's ID; all zero for a stream not there yet.
+  struct StreamInfo {
+    int64_t length = 0;
+    int64_t entries_added = 0;
+    StreamId last;
+  };
+  StreamInfo ReadStreamInfo(const Stream& stream);
+  // Counts (updates_trimmed) and logs `lost` messages trimmed from the stream
+  // (max_stream_entries) before the process's own reader got to them.
+  void NoteTrimmed(Stream& stream, int64_t lost);
   void ApplyToProcess(Stream& stream, const StreamId& id, const UpdateMessage& message);
   // Throws HpsError(kInvalidArgument) unless the message names the stream's own model and table.
   static void CheckNamesTable(const Stream& stream, const UpdateMessage& message);

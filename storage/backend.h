@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/error.h"
 #include "storage/layout.h"
 
 namespace tf_hps {
@@ -35,6 +36,18 @@ class DatabaseBackend {
   virtual void ApplyUpdate(const std::string& table, int64_t n, const int64_t* keys, const float* values,
                            int64_t dim, const std::string& version) {
     (void)version;
+    Insert(table, n, keys, values, dim);
+  }
+
+  // Writes rows that may be older than rows an online update wrote here: a
+  // start-up load's, or rows read from the tier below (cache_missed_embeddings).
+  // A key an update wrote (ApplyUpdate) keeps its row, even after overflow
+  // evicted it; with only_absent, a key that has a row keeps it too. A backend
+  // that only its own process writes just inserts: the process orders its
+  // loads, write-backs and updates itself (ParameterServer).
+  virtual void InsertUnlessUpdated(const std::string& table, int64_t n, const int64_t* keys, const float* values,
+                                   int64_t dim, bool only_absent) {
+    (void)only_absent;
     Insert(table, n, keys, values, dim);
   }
 
@@ -62,6 +75,16 @@ class DatabaseBackend {
 
   // Removes the given keys; returns how many were present.
   virtual int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) = 0;
+
+  // Removes every row of `table` whose key is not among `sorted_keys` (n,
+  // ascending, distinct); returns how many went. For a start-up load over a
+  // table that outlives the process (RocksDB): the table files are the truth.
+  virtual int64_t RetainOnly(const std::string& table, int64_t n, const int64_t* sorted_keys) {
+    (void)n;
+    (void)sorted_keys;
+    throw HpsError(ErrorCode::kUnimplemented,
+                   std::string(name()) + " cannot remove the keys a load left out (table " + table + ")");
+  }
 
   // Drops the whole table.
   virtual void EvictTable(const std::string& table) = 0;

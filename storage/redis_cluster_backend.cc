@@ -210,6 +210,21 @@ end
 return 0
 )lua";
 
+// KEYS: the partition's value hash, its version hash. ARGV: '1' to write only
+// keys without a row, else '0'; then (key field, row) pairs. A key with a
+// version, which only an online update writes, keeps its row.
+constexpr const char* kInsertUnlessUpdatedScript = R"lua(
+local only_absent = ARGV[1] == '1'
+local updated = redis.call('EXISTS', KEYS[2]) == 1
+for i = 2, #ARGV, 2 do
+  if not (updated and redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1) and
+     not (only_absent and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+)lua";
+
 }  // namespace
 
 void RedisClusterBackend::WriteRows(const std::string& table, int64_t n, const int64_t* keys, const float* values,
@@ -272,6 +287,16 @@ void RedisClusterBackend::ApplyUpdate(const std::string& table, int64_t n, const
     RedisCommand eval("EVAL");
     eval.Add(kApplyUpdateScript).Add(int64_t{2}).Add(RedisValueHash(table, p)).Add(RedisVersionHash(table, p));
     eval.Add(version).RouteBy(3);  // routed by the value hash, EVAL's first key
+    return eval;
+  });
+}
+
+void RedisClusterBackend::InsertUnlessUpdated(const std::string& table, int64_t n, const int64_t* keys,
+                                              const float* values, int64_t dim, bool only_absent) {
+  WriteRows(table, n, keys, values, dim, [&](int64_t p) {
+    RedisCommand eval("EVAL");
+    eval.Add(kInsertUnlessUpdatedScript).Add(int64_t{2}).Add(RedisValueHash(table, p));
+    eval.Add(RedisVersionHash(table, p)).Add(only_absent ? "1" : "0").RouteBy(3);
     return eval;
   });
 }

@@ -40,6 +40,10 @@ class RedisClusterBackend : public DatabaseBackend {
   // only if `version` is above the one recorded for it (RedisVersionHash).
   void ApplyUpdate(const std::string& table, int64_t n, const int64_t* keys, const float* values, int64_t dim,
                    const std::string& version) override;
+  // One server-side script per partition and batch: skips each key that has
+  // a version (an update wrote it), and with only_absent each key with a row.
+  void InsertUnlessUpdated(const std::string& table, int64_t n, const int64_t* keys, const float* values,
+                           int64_t dim, bool only_absent) override;
   int64_t Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
                 std::vector<int64_t>* missing) override;
   // One call pipelines to every node at once; splitting it only adds round trips.

@@ -389,6 +389,46 @@ int64_t RocksDbBackend::Evict(const std::string& table, int64_t n, const int64_t
   return evicted;
 }
 
+int64_t RocksDbBackend::RetainOnly(const std::string& table, int64_t n, const int64_t* sorted_keys) {
+  CheckWritable("remove keys");
+  std::shared_lock<std::shared_mutex> lock(cf_mutex_);
+  auto entry = column_families_.find(RocksDbColumnFamily(table));
+  if (table == rocksdb::kDefaultColumnFamilyName || entry == column_families_.end()) return 0;
+  const Handle cf = entry->second;
+  rocksdb::ReadOptions read_options;
+  read_options.fill_cache = false;  // a full scan would evict the hot rows
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, cf.get()));
+  int64_t removed = 0;
+  rocksdb::WriteBatch batch;
+  auto write = [&] {
+    if (batch.Count() == 0) return;
+    CheckSpace(batch.GetDataSize());
+    const rocksdb::Status s = db_->Write(rocksdb::WriteOptions(), &batch);
+    if (!s.ok())
+      throw HpsError(ErrorCode::kInternal, "rocks_db '" + path_ + "': removing keys from table '" + table +
+                                               "' failed: " + s.ToString());
+    batch.Clear();
+  };
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const rocksdb::Slice key = it->key();
+    if (key.size() != kKeyBytes)
+      throw HpsError(ErrorCode::kInternal, "rocks_db '" + path_ + "': table '" + table + "' holds a key of " +
+                                               std::to_string(key.size()) + " bytes");
+    int64_t k;
+    std::memcpy(&k, key.data(), kKeyBytes);
+    if (std::binary_search(sorted_keys, sorted_keys + n, k)) continue;
+    const rocksdb::Status s = batch.Delete(cf.get(), key);
+    if (!s.ok()) throw HpsError(ErrorCode::kInternal, "rocks_db: table '" + table + "': " + s.ToString());
+    ++removed;
+    if (static_cast<int64_t>(batch.Count()) >= max_batch_size_) write();
+  }
+  if (!it->status().ok())
+    throw HpsError(ErrorCode::kInternal, "rocks_db '" + path_ + "': reading the keys of table '" + table +
+                                             "' failed: " + it->status().ToString());
+  write();
+  return removed;
+}
+
 void RocksDbBackend::EvictTable(const std::string& table) {
   CheckWritable("drop a table");
   std::unique_lock<std::shared_mutex> lock(cf_mutex_);

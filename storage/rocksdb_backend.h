@@ -54,6 +54,8 @@ class RocksDbBackend : public DatabaseBackend {
   // block_cache_bytes (the cache shared by every table of the database).
   std::vector<std::pair<std::string, int64_t>> MemoryStats(const std::string& table) const override;
   int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) override;
+  // One scan of the column family; the deletes go in batches of max_batch_size.
+  int64_t RetainOnly(const std::string& table, int64_t n, const int64_t* sorted_keys) override;
   // Drops the table's column family.
   void EvictTable(const std::string& table) override;
   std::vector<std::string> ListTables() const override;

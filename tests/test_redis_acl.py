@@ -24,7 +24,7 @@ HPS_ACL = ["hps", "on", ">hps-pw", "~hps_*", "resetchannels",
            "+ping", "+hset", "+hget", "+hmget", "+hdel", "+hlen", "+hkeys", "+hgetall", "+hincrby", "+hrandfield",
            "+del", "+scan", "+eval", "+asking", "+cluster|slots",
            "+xadd", "+xread", "+xreadgroup", "+xack", "+xgroup|create", "+xinfo|groups", "+xpending",
-           "+xautoclaim", "+xrevrange"]
+           "+xautoclaim", "+xinfo|stream", "+hexists", "+exists"]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """HPS table folders: the file format, the Python helpers, and the C++ loader's checks."""
 
+import json
 import os
 import struct
 
@@ -9,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tf_hps as hps
+from tf_hps.storage import Storage
 
 
 def test_save_table_writes_the_hps_byte_format(tmp_path):
@@ -124,3 +126,54 @@ def test_save_table_refuses_a_key_in_two_rows(tmp_path):
     with pytest.raises(ValueError, match=r"key 7 is in rows 2 and 5: each key must be in one row \(1 repeated"):
         hps.save_table(tmp_path / "t", keys, np.zeros((6, 2), np.float32))
     assert not (tmp_path / "t").exists()  # nothing written
+
+
+def _raw_table(folder, keys, dim) -> np.ndarray:
+    """A table folder written byte by byte (hps.save_table would refuse these keys)."""
+    os.makedirs(folder, exist_ok=True)
+    vectors = np.arange(len(keys) * dim, dtype=np.float32).reshape(len(keys), dim)
+    np.asarray(keys, "<i8").tofile(os.path.join(folder, "key"))
+    vectors.astype("<f4").tofile(os.path.join(folder, "emb_vector"))
+    return vectors
+
+
+@pytest.mark.parametrize("tiers", [{}, {"persistent_db": {"type": "rocks_db", "path": "PDB"}}])
+def test_a_key_twice_in_the_table_files_is_refused_at_load_naming_both_rows(tables, tiers):
+    _raw_table(os.path.join(tables.root, "t0"), [3, 8, 5, 8, 1], 16)
+    extra = json.loads(json.dumps(tiers).replace("PDB", os.path.join(tables.root, "rocks")))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"key 8 is at row 1 and again at row 3; which row would serve is undefined"):
+        _init(tables.config(extra=extra))
+    if tiers:  # refused before anything was written
+        with Storage("persistent_db", {"type": "rocks_db", "path": os.path.join(tables.root, "rocks"),
+                                       "read_only": True}) as db:
+            assert db.size("hps_et.foo.sparse_embedding0") == 0 and db.tables() == []
+
+
+def test_two_file_keys_that_are_one_32_bit_key_are_refused(tables):
+    # -1 and 4294967295 are both the int32 key -1 in a supportlonglong: false model: one row would be lost.
+    _raw_table(os.path.join(tables.root, "t0"), [0, -1, 7, 4294967295], 16)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"key -1 is at row 1 and again at row 3 \(the file holds -1 and 4294967295, one "
+                             r"32-bit key, as supportlonglong is false\)"):
+        _init(tables.config(extra={"supportlonglong": False}))
+
+
+def test_ingest_refuses_a_key_twice_and_writes_nothing(tables):
+    folder = os.path.join(tables.root, "t0")
+    _raw_table(folder, [3, 8, 5, 8, 1], 4)
+    with Storage("persistent_db", {"type": "rocks_db", "path": os.path.join(tables.root, "rocks")}) as db:
+        with pytest.raises(ValueError, match="key 8 is at row 1 and again at row 3"):
+            db.ingest("hps_et.foo.t0", folder, 4)
+        assert db.size("hps_et.foo.t0") == 0
+
+
+def test_ingest_over_an_earlier_table_leaves_the_files_keys_alone(tables):
+    folder = os.path.join(tables.root, "t0")
+    vectors = _raw_table(folder, [1, 2, 3], 4)
+    with Storage("persistent_db", {"type": "rocks_db", "path": os.path.join(tables.root, "rocks")}) as db:
+        db.insert("hps_et.foo.t0", np.arange(10), np.ones((10, 4), np.float32))
+        db.ingest("hps_et.foo.t0", folder, 4)
+        rows, found = db.fetch("hps_et.foo.t0", np.arange(10), 4)
+        assert found.tolist() == [False, True, True, True] + [False] * 6
+        np.testing.assert_array_equal(rows[1:4], vectors)

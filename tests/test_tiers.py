@@ -141,3 +141,41 @@ def test_a_hash_map_that_cannot_keep_every_row_needs_a_persistent_db(tables, tmp
     layer = hps.LookupLayer("vdb_small_pdb", 0, 8, tf.float32, path)
     keys, vectors = tables.rows["t0"]
     hps.testing.assert_bitwise_equal(layer(tf.constant(keys)), vectors)
+
+
+def test_a_redis_restarted_empty_with_no_persistent_db_is_counted_and_logged(tables, tmp_path, capfd):
+    """Redis as the only tier loses its rows (restarted without persistence): the lost rows answer the
+    default, as unknown keys do, so the server counts them (vdb_rows_missing) and warns."""
+    from redis_servers import RedisServer
+
+    server = RedisServer(str(tmp_path / "redis"))
+    try:
+        tables.table("t0", 100, 4)
+        keys, vectors = tables.rows["t0"]
+        config = tables.config(dims=(4,), model="restarted", defaults=(-1.0,),
+                               extra={"volatile_db": {"type": "redis_cluster", "address": server.address},
+                                      "persistent_db": {"type": "disabled"}},
+                               extra_model={"gpucache": False})
+        layer = hps.LookupLayer("restarted", 0, 4, tf.float32, config)
+        np.testing.assert_array_equal(layer(tf.constant(keys)).numpy(), vectors)
+        port = server.port
+        server.stop()
+        server = RedisServer(str(tmp_path / "redis"), port=port)  # back, empty
+        tag = table_tag("restarted", "sparse_embedding0")
+
+        def served():
+            try:
+                return layer(tf.constant(keys)).numpy()
+            except tf.errors.OpError:
+                return None
+        for _ in range(50):  # the server retries a Redis it saw go down once a second
+            rows = served()
+            if rows is not None and hps.stats()[tag]["vdb_rows_missing"] > 0:
+                break
+            import time
+            time.sleep(0.1)
+        np.testing.assert_array_equal(rows, np.full((100, 4), -1.0, np.float32))
+        assert hps.stats()[tag]["vdb_rows_missing"] == 100
+        assert "holds 0 of the 100 rows it was loaded with, and there is no persistent_db" in capfd.readouterr().err
+    finally:
+        server.stop()

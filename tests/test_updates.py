@@ -441,3 +441,68 @@ def test_publish_refuses_keys_that_do_not_fit_int64(tables, redis_standalone):
     with pytest.raises(ValueError, match="keys must fit int64: 18446744073709551615 does not"):
         publisher.publish("upd_uint", "sparse_embedding0", np.array([2**64 - 1], np.uint64), np.ones((1, 4)))
     publisher.close()
+
+
+TRIM_CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np, tensorflow as tf
+import tf_hps as hps
+layer = hps.LookupLayer("upd_trim", 0, 4, tf.float32, {config!r})
+layer(tf.constant(np.arange(1000), tf.int64))  # the server starts, and every row is in L1
+print("ready", flush=True)
+sys.stdin.readline()  # stopped, then continued, by the parent
+tag = "hps_et.upd_trim.sparse_embedding0"
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    stats = hps.stats()[tag]
+    if stats["rows_updated"] + stats["updates_trimmed"] >= 1000:
+        break
+    time.sleep(0.05)
+rows = layer(tf.constant(np.arange(1000), tf.int64)).numpy()
+print(json.dumps({{"stats": stats, "first": rows[:, 0].tolist()}}))
+"""
+
+
+def test_messages_trimmed_before_the_process_read_them_are_counted_and_logged(tables, redis_standalone):
+    """The race forced: the serving process is stopped (SIGSTOP) while 1,000 one-row messages go into a
+    stream trimmed to about 100. Once it runs again, every message is either applied or counted in
+    updates_trimmed, and the loss is logged."""
+    import signal
+    import subprocess
+    import sys
+
+    tables.table("upd_trim", 1000, 4)
+    config = tables.config(tables=("upd_trim",), dims=(4,), model="upd_trim", defaults=(0.0,), name="upd_trim.json",
+                           extra={"update_source": {"type": "redis_stream", "address": redis_standalone.address,
+                                                    "poll_timeout_ms": 200, "max_stream_entries": 100,
+                                                    "max_batch_size": 1}},
+                           extra_model={"gpucacheper": 1.0})
+    child = subprocess.Popen([sys.executable, "-c", TRIM_CHILD.format(root=ROOT, config=config)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1"})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGSTOP)
+        with UpdatePublisher(config) as publisher:
+            publisher.publish("upd_trim", 0, np.arange(1000), np.full((1000, 4), 9.0, np.float32))
+        stream = f"hps_upd{{{table_tag('upd_trim', 'sparse_embedding0')}}}"
+        left = redis_streams_len = redis_standalone.client.xlen(stream)
+        assert 100 <= redis_streams_len < 1000
+        child.send_signal(signal.SIGCONT)
+        out, err = child.communicate("go\n", timeout=120)
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGCONT)
+            child.kill()
+    assert child.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    stats = result["stats"]
+    assert stats["rows_updated"] == left
+    assert stats["updates_trimmed"] == 1000 - left
+    # The messages left were the last ones: their keys serve the new rows, the trimmed keys their old ones.
+    _, vectors = tables.rows["upd_trim"]
+    served = np.array(result["first"], np.float32)
+    np.testing.assert_array_equal(served[1000 - left:], 9.0)
+    np.testing.assert_array_equal(served[:1000 - left], vectors[:1000 - left, 0])
+    assert f"{1000 - left} message(s) of {stream} were trimmed from the stream before this process read them" in err

@@ -66,7 +66,10 @@ def stats() -> dict[str, dict[str, int | list[int]]]:
     (rows L1 evicted to make room), ``cache_refreshed``, ``cache_rows``,
     ``rows_updated``, ``updates_rejected`` (malformed update messages) and
     ``update_failures`` (polls of the table's update stream that failed, then
-    retried after ``failure_backoff_ms``), and a latency histogram: ``latency_counts[i]`` calls took at most
+    retried after ``failure_backoff_ms``), ``updates_trimmed`` (messages the
+    stream lost to ``max_stream_entries`` before this process read them),
+    ``vdb_rows_missing`` (rows a Redis VDB with no persistent_db no longer
+    holds, e.g. restarted empty), and a latency histogram: ``latency_counts[i]`` calls took at most
     ``latency_us_bounds[i]`` microseconds (the last count is unbounded).
     With RocksDB as the persistent database, also its memory in bytes:
     ``pdb_memtable_bytes`` and ``pdb_index_filter_bytes`` (the table's) and

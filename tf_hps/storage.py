@@ -71,6 +71,8 @@ def _lib():
     lib.hps_storage_close.argtypes = [p]
     lib.hps_storage_insert.restype = i64
     lib.hps_storage_insert.argtypes = [p, cp, i64, p, p, i64, cp, sz]
+    lib.hps_storage_insert_unless_updated.restype = i64
+    lib.hps_storage_insert_unless_updated.argtypes = [p, cp, i64, p, p, i64, ctypes.c_int, cp, sz]
     lib.hps_storage_apply_update.restype = i64
     lib.hps_storage_apply_update.argtypes = [p, cp, i64, p, p, i64, cp, cp, sz]
     lib.hps_storage_fetch.restype = i64
@@ -163,14 +165,27 @@ class Storage:
             _raise(-1 - rc, err)
         return rc
 
-    def insert(self, table: str, keys, values) -> None:
-        """Inserts or overwrites rows: keys (N,), values (N, D)."""
+    def insert(self, table: str, keys, values, *, keep_updated: bool = False,
+               only_absent: bool = False) -> None:
+        """Inserts or overwrites rows: keys (N,), values (N, D).
+
+        With ``keep_updated``, rows that may be older than online updates (a start-up load, rows
+        read from RocksDB) leave alone each key an update wrote into a shared Redis, even one
+        overflow evicted since; with ``only_absent`` also each key that has a row. The other
+        backends have one writing process, which orders these itself: they just insert.
+        """
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         values = np.ascontiguousarray(values, dtype=np.float32)
         if keys.ndim != 1 or values.ndim != 2 or values.shape[0] != keys.shape[0]:
             raise ValueError(f"need keys (N,) and values (N, D); got {keys.shape} and {values.shape}")
-        self._call(_lib().hps_storage_insert, table.encode(), keys.size, keys.ctypes.data,
-                   values.ctypes.data, values.shape[1])
+        if only_absent and not keep_updated:
+            raise ValueError("only_absent needs keep_updated=True")
+        if keep_updated:
+            self._call(_lib().hps_storage_insert_unless_updated, table.encode(), keys.size, keys.ctypes.data,
+                       values.ctypes.data, values.shape[1], int(only_absent))
+        else:
+            self._call(_lib().hps_storage_insert, table.encode(), keys.size, keys.ctypes.data,
+                       values.ctypes.data, values.shape[1])
 
     def apply_update(self, table: str, keys, values, version: str) -> None:
         """Writes an online update's rows; ``version`` is its stream position as sortable text.

@@ -1,5 +1,6 @@
 #include "tools/c_api.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -88,6 +89,15 @@ int64_t hps_storage_insert(HpsStorage* storage, const char* table, int64_t n, co
   });
 }
 
+int64_t hps_storage_insert_unless_updated(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
+                                          const float* values, int64_t dim, int only_absent, char* err,
+                                          size_t err_len) {
+  return Guarded(err, err_len, [&]() -> int64_t {
+    Backend(storage).InsertUnlessUpdated(table, n, keys, values, dim, only_absent != 0);
+    return n;
+  });
+}
+
 int64_t hps_storage_apply_update(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
                                  const float* values, int64_t dim, const char* version, char* err, size_t err_len) {
   return Guarded(err, err_len, [&]() -> int64_t {
@@ -140,13 +150,22 @@ int64_t hps_storage_ingest(HpsStorage* storage, const char* table, const char* f
   return Guarded(err, err_len, [&]() -> int64_t {
     tf_hps::DatabaseBackend& backend = Backend(storage);
     const tf_hps::TableFolderInfo info = tf_hps::InspectTableFolder(folder, dim);
+    // As a serving process's start-up load (ParameterServer::LoadTable): a key twice in the files is
+    // refused before anything is written; a shared Redis keeps the rows online updates wrote; a
+    // RocksDB table ends up holding the files' keys alone.
+    const std::vector<int64_t> keys_in_files = tf_hps::DistinctTableKeys(info, keys_are_32_bit != 0);
+    const std::vector<std::string> stored = backend.ListTables();
+    const bool retain = std::string(backend.name()) == "rocks_db" &&
+                        std::find(stored.begin(), stored.end(), std::string(table)) != stored.end();
     int64_t done = 0;
     tf_hps::ReadTableFolder(info, kChunkRows, keys_are_32_bit != 0,
                             [&](const int64_t* keys, const float* values, int64_t n) {
-                              backend.Insert(table, n, keys, values, dim);
+                              backend.InsertUnlessUpdated(table, n, keys, values, dim, /*only_absent=*/false);
                               done += n;
                               if (progress) progress(done, info.num_rows, user);
                             });
+    if (retain)
+      backend.RetainOnly(table, static_cast<int64_t>(keys_in_files.size()), keys_in_files.data());
     return done;
   });
 }

@@ -25,6 +25,11 @@ void hps_storage_close(HpsStorage* storage);
 
 int64_t hps_storage_insert(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
                            const float* values, int64_t dim, char* err, size_t err_len);
+/* As hps_storage_insert, but a key an online update wrote keeps its row (and, with only_absent, a key
+ * that has a row keeps it): DatabaseBackend::InsertUnlessUpdated. Returns n. */
+int64_t hps_storage_insert_unless_updated(HpsStorage* storage, const char* table, int64_t n, const int64_t* keys,
+                                          const float* values, int64_t dim, int only_absent, char* err,
+                                          size_t err_len);
 /* Writes the rows of an online update whose stream position is `version`
  * (text that sorts in stream order): a shared backend keeps each key's row of
  * the highest version (DatabaseBackend::ApplyUpdate). Returns n. */

@@ -108,6 +108,7 @@ void ReadStaticRows(const ParameterServer& server, const ModelConfig& model, con
   if (table_id >= static_cast<int64_t>(model.sparse_files.size()))
     ThrowNotFound("table " + table.tag + " has no entry in sparse_files to build its static table from");
   const TableFolderInfo info = InspectTableFolder(model.sparse_files[table_id], table.dim);
+  DistinctTableKeys(info, !server.config().supportlonglong);  // throws naming a key the files hold twice
   keys->reserve(info.num_rows);
   rows->reserve(info.num_rows * table.dim);
   ReadTableFolder(info, kStaticLoadChunkRows, !server.config().supportlonglong,
