@@ -131,8 +131,11 @@ NVCC_FLAGS := -O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -shared -I. \
 	-gencode arch=compute_80,code=sm_80 -gencode 'arch=compute_90,code=[sm_90,compute_90]' \
 	-cudart static -Xlinker --exclude-libs,ALL
 
-.PHONY: gpu
+.PHONY: gpu gpu-tf-free
 gpu: $(GPU_CACHE_LIB) $(CACHE_HOST_LIB)
+# What a GPU machine without TensorFlow builds (scripts/device_check.sh): the
+# GPU cache and lookup pipeline, and the CPU cache behind the same C ABI.
+gpu-tf-free: $(GPU_CACHE_LIB) $(CACHE_HOST_LIB)
 
 $(GPU_CACHE_LIB): $(GPU_CACHE_SRCS) $(GPU_CACHE_HDRS) scripts/bootstrap.sh
 	@nvcc="$$(scripts/bootstrap.sh cuda)" && echo "  NVCC $@ ($$nvcc)" && \

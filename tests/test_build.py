@@ -168,3 +168,26 @@ def test_the_tf_serving_recipe_builds_from_the_one_source_list():
     dev_packages = {p for p in re.search(r"APT_PACKAGES=\(([^)]*)\)", bootstrap).group(1).split() if p.endswith("-dev")}
     apt = re.search(r"apt-get install ([^`]+)`", recipe).group(1).split()
     assert dev_packages <= set(apt), (dev_packages, apt)
+
+
+def test_the_device_check_builds_and_runs_without_tensorflow_or_a_gpu(tmp_path):
+    """scripts/device_check.sh as a GPU machine without TensorFlow runs it: here, with no CUDA device, it
+    builds, runs the GPU tests that need none, and names what it did not run."""
+    import sys
+
+    fake = tmp_path / "mods"
+    fake.mkdir()
+    (fake / "tensorflow.py").write_text("raise ImportError('no TensorFlow on the device machine')\n")
+    proc = subprocess.run(["scripts/device_check.sh", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable,
+                                                       "PYTHONPATH": str(fake)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert summary == proc.stdout
+    assert "| build (make gpu-tf-free) | ok |" in summary
+    assert re.search(r"\| tests \(test_gpu_cache.py, test_gpu_lookup.py\) \| \d+ passed", summary)
+    devices = int(re.search(r"\((\d+) CUDA device\(s\)\)", summary).group(1))
+    if devices == 0:
+        assert "GPU: **none**" in summary
+        assert "- benchmarks/gpu_cache.py and benchmarks/gpu_lookup.py: no CUDA device" in summary
+        assert "skipped: no CUDA device" in summary

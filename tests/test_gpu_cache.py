@@ -9,11 +9,12 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import run_python
+# No conftest import: scripts/device_check.sh runs this file where there is no TensorFlow (--noconftest).
 from slab_model import GPU_LIB, INT64_MAX, INT64_MIN, WAYS, GpuCache, HostCache, home
 
 C_ABI = ["hps_gpu_cache_device_count", "hps_gpu_error_string", "hps_gpu_cache_create", "hps_gpu_cache_destroy",
@@ -53,7 +54,9 @@ def test_gpu_cache_library_is_built_and_exports_exactly_the_c_abi():
 
 
 def test_device_count_answers_without_crashing_with_or_without_a_driver():
-    out = run_python("import ctypes, sys; print(ctypes.CDLL(sys.argv[1]).hps_gpu_cache_device_count())", GPU_LIB)
+    code = "import ctypes, sys; print(ctypes.CDLL(sys.argv[1]).hps_gpu_cache_device_count())"
+    out = subprocess.run([sys.executable, "-c", code, GPU_LIB], capture_output=True, text=True, timeout=120,
+                         check=True)
     assert int(out.stdout.strip()) == device_count() >= 0
 
 
