@@ -259,9 +259,13 @@ def write(out: str) -> str:
         L.append(f"| per tier | L1 hit rate vs the LRU model (all keys, caches below 100 %) | within "
                  f"{100 * worst:.2f} points | on the model's curve | |")
     if lvt and not failed("lookup_vs_tf"):
-        v = [r["ratio"] for r in lvt["results"]]
-        L.append(f"| per tier | `LookupLayer` / `tf.nn.embedding_lookup` (D={lvt['settings']['dim']}, L1 "
-                 f"{lvt['settings']['gpucacheper']:.0%}) | {min(v):.2f}x .. {max(v):.2f}x | | |")
+        # What a model sees: the output read by the next op (results of older runs have no consumer).
+        read = [r for r in lvt["results"] if r.get("consumer", "returned") != "returned"]
+        v = [r["ratio"] for r in read or lvt["results"]]
+        how = "output read by the next op" if read else "timed to the op's return only (an older run)"
+        L.append(f"| per tier | `LookupLayer` / `tf.nn.embedding_lookup`, {how} "
+                 f"(D={lvt['settings']['dim']}, L1 {lvt['settings']['gpucacheper']:.0%}) | "
+                 f"{min(v):.2f}x .. {max(v):.2f}x | >= 1.0x | {_yes(min(v) >= 1.0)} |")
     if memory and not failed("memory"):
         for tier in dict.fromkeys(r["tier"] for r in memory["results"]):
             rs = [r for r in memory["results"] if r["tier"] == tier]
@@ -424,9 +428,11 @@ def write(out: str) -> str:
         L += [f"### `LookupLayer` vs `tf.nn.embedding_lookup` (`benchmarks/lookup_vs_tf.py`)", "",
               f"{ls['rows']:,} rows x D = {ls['dim']}, keys zipf({ls['alpha']}), L1 of {ls['gpucacheper']:.0%}, "
               f"median of {ls['repeats']} calls in turns.", "",
-              "| keys per call | LookupLayer M keys/s | tf.nn.embedding_lookup M keys/s | ratio |", "|---:|---:|---:|---:|"]
+              "| keys per call | output read by | LookupLayer M keys/s | tf.nn.embedding_lookup M keys/s | ratio |",
+              "|---:|---|---:|---:|---:|"]
         for r in lvt["results"]:
-            L.append(f"| {r['batch']:,} | {r['ours_keys_per_s'] / 1e6:.1f} | {r['tf_keys_per_s'] / 1e6:.1f} | {r['ratio']:.2f}x |")
+            L.append(f"| {r['batch']:,} | {r.get('consumer', 'returned')} | {r['ours_keys_per_s'] / 1e6:.1f} | "
+                     f"{r['tf_keys_per_s'] / 1e6:.1f} | {r['ratio']:.2f}x |")
         L.append("")
     else:
         L += [f"LookupLayer vs tf.nn.embedding_lookup: {failed('lookup_vs_tf') or 'no result'}", ""]
