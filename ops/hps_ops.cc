@@ -1,9 +1,17 @@
 // Registrations and shape functions of the tf_hps ops. Kernels live in
 // hps_kernels.cc. Every op is stateful: its result depends on the parameter
 // server's contents, so graphs must never constant-fold or merge it.
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "base/log.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/port.h"
 
 namespace tf_hps {
 
@@ -164,5 +172,42 @@ Counters of every table of every parameter server in this process.
 
 stats: one JSON object per parameter server, {"<table tag>": {"lookups": n, ...}}.
 )doc");
+
+namespace {
+
+// One library to load (TF Serving, a C++ loader, tf.load_op_library): when this library loads into a
+// TensorFlow built with CUDA on a machine with a CUDA driver, it loads the GPU kernels of its ops
+// itself, from _tf_hps_ops_gpu.so beside it (which links against this library, found the same way).
+// TF_HPS_GPU_KERNELS=0 never loads them, =1 loads them whenever the file is there. A library that
+// will not load only warns: the CPU kernels serve every lookup. Defined last in this file, so the
+// ops above are registered by then.
+struct GpuKernelLoader {
+  GpuKernelLoader() {
+    const char* setting = std::getenv("TF_HPS_GPU_KERNELS");
+    const std::string mode = setting == nullptr ? "" : setting;
+    if (mode == "0") return;
+    if (mode != "1") {
+      if (!::tensorflow::IsGoogleCudaEnabled()) return;  // tensorflow-cpu
+      void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+      if (driver == nullptr) return;  // no CUDA driver: no GPU to run them on
+      dlclose(driver);
+    }
+    Dl_info self;
+    if (dladdr(reinterpret_cast<void*>(&Marker), &self) == 0 || self.dli_fname == nullptr) return;
+    std::string path = self.dli_fname;
+    path = path.substr(0, path.find_last_of('/') + 1) + "_tf_hps_ops_gpu.so";
+    if (access(path.c_str(), R_OK) != 0) return;  // built without `make gpu`
+    if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+      const char* why = dlerror();
+      Log(LogLevel::kWarning, "could not load the GPU kernels from " + path + " (" + (why ? why : "unknown") +
+                                  "); lookups run on the CPU kernels (TF_HPS_GPU_KERNELS=0 skips them)");
+    }
+  }
+  static void Marker() {}
+};
+
+const GpuKernelLoader gpu_kernel_loader;
+
+}  // namespace
 
 }  // namespace tf_hps

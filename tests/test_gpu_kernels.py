@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 
 import numpy as np
+import pytest
 
-from conftest import ROOT, run_python
+from conftest import ROOT, child_env, run_python
 
 OP_LIB = os.path.join(ROOT, "tf_hps", "_tf_hps_ops.so")
 GPU_OP_LIB = os.path.join(ROOT, "tf_hps", "_tf_hps_ops_gpu.so")
@@ -180,3 +183,57 @@ def test_a_gpu_kernel_library_that_cannot_load_only_warns(simple, tmp_path):
     assert len(report["warnings"]) == 1 and "could not load the GPU kernels" in report["warnings"][0]
     assert str(broken) in report["warnings"][0]
     np.testing.assert_array_equal(np.float32(report["row0"]), tables.rows["t0"][1][0])
+
+
+# One library to load: the op library loads its GPU kernels by itself (ops/hps_ops.cc, GpuKernelLoader).
+ALONE = """
+import json, sys, numpy as np, tensorflow as tf
+from tensorflow.python.framework import kernels
+lib = tf.load_op_library(sys.argv[1])  # the op library alone, as TF Serving's custom-op path loads it
+registered = sorted((k.device_type, k.constraint[0].allowed_values.list.type[0])
+                    for k in kernels.get_registered_kernels_for_op("TfHpsLookup").kernel)
+canonical, _ = lib.tf_hps_parse_config(config_file=sys.argv[2])
+handle = lib.tf_hps_init(ps_config=canonical.numpy().decode())
+row = lib.tf_hps_lookup(keys=np.arange(3, dtype=np.int64), ps_handle=handle, model_name="foo", table_id=0,
+                        emb_vec_size=16).numpy()[2]
+maps = sorted({line.split()[-1].rsplit("/", 1)[-1] for line in open("/proc/self/maps") if "_tf_hps_" in line})
+print(json.dumps({"kernels": registered, "mapped": maps, "row2": row.tolist()}))
+"""
+
+
+@pytest.mark.parametrize("setting, loads", [("1", True), (None, False), ("0", False)])
+def test_the_op_library_alone_loads_its_gpu_kernels_where_they_can_run(simple, setting, loads):
+    """TF_HPS_GPU_KERNELS=1 stands for a CUDA TensorFlow with a driver (this machine has neither): the op
+    library then brings the GPU kernels in by itself; by default, on tensorflow-cpu, and with 0 it never
+    does."""
+    tables, config = simple
+    env = child_env(TF_CPP_MIN_LOG_LEVEL="1", PYTHONPATH="")
+    env.pop("TF_HPS_GPU_KERNELS", None)
+    if setting is not None:
+        env["TF_HPS_GPU_KERNELS"] = setting
+    proc = subprocess.run([sys.executable, "-c", ALONE, OP_LIB, config], capture_output=True, text=True,
+                          timeout=300, env=env, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    int32, int64 = 3, 9  # DataType enum values
+    cpu = [["CPU", int32], ["CPU", int64]]
+    assert report["kernels"] == (cpu + [["GPU", int32], ["GPU", int64]] if loads else cpu)
+    gpu_libs = ["_tf_hps_gpu_cache.so", "_tf_hps_ops_gpu.so"]
+    assert report["mapped"] == sorted(["_tf_hps_ops.so"] + (gpu_libs if loads else [])), report["mapped"]
+    np.testing.assert_array_equal(np.float32(report["row2"]), tables.rows["t0"][1][2])
+
+
+def test_a_gpu_kernel_library_that_will_not_load_beside_the_op_library_only_warns(simple, tmp_path):
+    tables, config = simple
+    lib_dir = tmp_path / "lib"
+    lib_dir.mkdir()
+    shutil.copy(OP_LIB, lib_dir / "_tf_hps_ops.so")
+    (lib_dir / "_tf_hps_ops_gpu.so").write_bytes(b"not a shared library")
+    env = child_env(TF_CPP_MIN_LOG_LEVEL="1", PYTHONPATH="", TF_HPS_GPU_KERNELS="1")
+    proc = subprocess.run([sys.executable, "-c", ALONE, str(lib_dir / "_tf_hps_ops.so"), config],
+                          capture_output=True, text=True, timeout=300, env=env, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [k[0] for k in report["kernels"]] == ["CPU", "CPU"]
+    assert f"could not load the GPU kernels from {lib_dir}/_tf_hps_ops_gpu.so" in proc.stderr
+    np.testing.assert_array_equal(np.float32(report["row2"]), tables.rows["t0"][1][2])

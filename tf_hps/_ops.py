@@ -2,10 +2,12 @@
 
 The op library (``_tf_hps_ops.so``) registers the ops and their CPU kernels.
 The GPU kernels of ``TfHpsLookup`` live in a second library,
-``_tf_hps_ops_gpu.so``, built by ``make gpu``; it links against the op library
-and must be loaded after it. :func:`ops` loads it too, but only where it can
-be used: when the file exists, TensorFlow sees a GPU, and the environment
-variable ``TF_HPS_GPU_KERNELS`` is not ``0``. A CPU-only process never loads
+``_tf_hps_ops_gpu.so``, built by ``make gpu``; it links against the op library.
+The op library loads it by itself into a TensorFlow built with CUDA on a
+machine with a CUDA driver (docs/serving.md), so servers name one library.
+:func:`ops` loads it too, but only where it can be used: when the file
+exists, TensorFlow sees a GPU, and the environment variable
+``TF_HPS_GPU_KERNELS`` is not ``0``. A CPU-only process never loads
 it (it would register kernels that cannot run and pull a CUDA runtime into
 the process for nothing), and a failure to load it only warns: lookups then
 run on the CPU kernels, as before.
