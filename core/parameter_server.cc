@@ -58,6 +58,7 @@ ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::mo
                        "use \"redis_stream\" (docs/updates.md)");
   // A serving node comes up while its Redis is down: lookups go on from the PDB or the default.
   volatile_db_ = MakeVolatileBackend(config_.volatile_db, /*start_if_unreachable=*/true);
+  volatile_db_shared_ = volatile_db_ && config_.volatile_db.type == "redis_cluster";
   persistent_db_ = MakePersistentBackend(config_.persistent_db);
   if (!volatile_db_ && !persistent_db_)
     ThrowInvalidArgument("config: volatile_db and persistent_db are both disabled, so no tier would hold "
@@ -81,7 +82,7 @@ ParameterServer::ParameterServer(ParameterServerConfig config) : config_(std::mo
   if (config_.update_source.type == "redis_stream") {
     UpdateConsumer::Tiers tiers;
     tiers.volatile_db = volatile_db_.get();
-    tiers.volatile_db_shared = volatile_db_ && config_.volatile_db.type == "redis_cluster";
+    tiers.volatile_db_shared = volatile_db_shared_;
     tiers.volatile_filters = config_.volatile_db.update_filters;
     if (!config_.persistent_db.read_only) tiers.persistent_db = persistent_db_.get();
     tiers.persistent_path = config_.persistent_db.path;
@@ -188,11 +189,7 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   const std::vector<int64_t> file_keys = DistinctTableKeys(info, !config_.supportlonglong);
   // The files are the truth at start-up: keys a RocksDB kept from an earlier load that the files no
   // longer hold go once the load is done.
-  bool retain = false;
-  if (fill_pdb) {
-    const std::vector<std::string> stored = persistent_db_->ListTables();
-    retain = std::binary_search(stored.begin(), stored.end(), table->tag);
-  }
+  const bool retain = fill_pdb && persistent_db_->HasTable(table->tag);
   ReadTableFolder(info, kLoadChunkRows, !config_.supportlonglong, [&](const int64_t* keys, const float* vectors,
                                                                      int64_t n) {
     if (fill_pdb) persistent_db_->Insert(table->tag, n, keys, vectors, table->dim);
@@ -230,7 +227,7 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   }
   // An in-process hash map as the deepest tier that could not keep every row (overflow_margin) would
   // answer the default for the rows it evicted: no tier below holds them. Refuse it.
-  if (fill_vdb && !vdb_down && !persistent_db_ && config_.volatile_db.type != "redis_cluster") {
+  if (fill_vdb && !vdb_down && !persistent_db_ && !volatile_db_shared_) {
     const int64_t kept = volatile_db_->Size(table->tag);
     if (kept < vdb_rows)
       ThrowInvalidArgument("table " + table->tag + ": the volatile_db keeps " + std::to_string(kept) + " of its " +
@@ -478,7 +475,7 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
     if (!found_keys.empty()) {
       try {
         const int64_t count = static_cast<int64_t>(found_keys.size());
-        if (config_.volatile_db.type == "redis_cluster") {
+        if (volatile_db_shared_) {
           // Other processes update a shared Redis: the server-side check decides.
           volatile_db_->InsertUnlessUpdated(table.tag, count, found_keys.data(), found_rows.data(), dim,
                                             /*only_absent=*/true);
@@ -498,7 +495,7 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
   }
   table.stats.defaults.fetch_add(static_cast<int64_t>(pending.size()), std::memory_order_relaxed);
   for (int64_t j : pending) std::fill_n(rows + j * dim, dim, table.default_value);
-  if (!pending.empty() && !persistent_db_ && volatile_db_ && config_.volatile_db.type == "redis_cluster")
+  if (!pending.empty() && !persistent_db_ && volatile_db_shared_)
     CheckVolatileDbHoldsTable(table);
 }
 
@@ -561,7 +558,9 @@ std::string ParameterServer::StatsJson() const {
               field("cache_inserted", c.cache_inserted) + ", " + field("insert_deferred", c.insert_deferred) + ", " +
               field("insert_dropped", c.insert_dropped) + ", " + field("cache_refreshed", c.cache_refreshed) + ", " +
               field("cache_evicted", c.cache_evicted) + ", " + field("rows_updated", c.rows_updated) + ", " +
-              field("updates_rejected", c.updates_rejected) + ", " + field("update_failures", c.update_failures) + ", " + field("updates_trimmed", c.updates_trimmed) + ", " + field("vdb_rows_missing", c.vdb_rows_missing) + ", " + field("update_lag_ms", c.update_lag_ms) + ", " +
+              field("updates_rejected", c.updates_rejected) + ", " + field("update_failures", c.update_failures) + ", " +
+              field("updates_trimmed", c.updates_trimmed) + ", " + field("vdb_rows_missing", c.vdb_rows_missing) +
+              ", " + field("update_lag_ms", c.update_lag_ms) + ", " +
               field("cache_rows", cache_rows) + ", " + MemoryFields(t->tag) +
               "\"latency_us_bounds\": [" + bounds + "], \"latency_counts\": [" + counts + "]}";
     }

@@ -219,6 +219,7 @@ class ParameterServer {
 
   ParameterServerConfig config_;
   std::unique_ptr<DatabaseBackend> volatile_db_;    // L2, may be null
+  bool volatile_db_shared_ = false;  // a Redis that other processes read and update too
   mutable TierHealth volatile_health_{"volatile_db"};
   std::unique_ptr<DatabaseBackend> persistent_db_;  // L3, may be null
   std::map<std::string, std::vector<std::unique_ptr<EmbeddingTable>>> tables_;  // by model

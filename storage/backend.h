@@ -7,12 +7,12 @@
 #ifndef TF_HPS_STORAGE_BACKEND_H_
 #define TF_HPS_STORAGE_BACKEND_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "base/error.h"
 #include "storage/layout.h"
 
 namespace tf_hps {
@@ -77,13 +77,22 @@ class DatabaseBackend {
   virtual int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) = 0;
 
   // Removes every row of `table` whose key is not among `sorted_keys` (n,
-  // ascending, distinct); returns how many went. For a start-up load over a
-  // table that outlives the process (RocksDB): the table files are the truth.
+  // ascending, distinct); returns how many went. A load calls it after writing
+  // the table files' rows, which are the truth at start-up. By default none go:
+  // the in-process hash map starts empty at each load, and a shared Redis keeps
+  // them (another node may still serve them; docs/updates.md). RocksDB, whose
+  // tables outlive the process, removes them.
   virtual int64_t RetainOnly(const std::string& table, int64_t n, const int64_t* sorted_keys) {
+    (void)table;
     (void)n;
     (void)sorted_keys;
-    throw HpsError(ErrorCode::kUnimplemented,
-                   std::string(name()) + " cannot remove the keys a load left out (table " + table + ")");
+    return 0;
+  }
+
+  // Whether `table` is stored (ListTables is sorted).
+  bool HasTable(const std::string& table) const {
+    const std::vector<std::string> tables = ListTables();
+    return std::binary_search(tables.begin(), tables.end(), table);
   }
 
   // Drops the whole table.

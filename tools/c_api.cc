@@ -1,6 +1,5 @@
 #include "tools/c_api.h"
 
-#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -154,9 +153,7 @@ int64_t hps_storage_ingest(HpsStorage* storage, const char* table, const char* f
     // refused before anything is written; a shared Redis keeps the rows online updates wrote; a
     // RocksDB table ends up holding the files' keys alone.
     const std::vector<int64_t> keys_in_files = tf_hps::DistinctTableKeys(info, keys_are_32_bit != 0);
-    const std::vector<std::string> stored = backend.ListTables();
-    const bool retain = std::string(backend.name()) == "rocks_db" &&
-                        std::find(stored.begin(), stored.end(), std::string(table)) != stored.end();
+    const bool retain = backend.HasTable(table);
     int64_t done = 0;
     tf_hps::ReadTableFolder(info, kChunkRows, keys_are_32_bit != 0,
                             [&](const int64_t* keys, const float* values, int64_t n) {
