@@ -260,6 +260,16 @@ class SparseLookupOp : public OpKernel {
                                                  "'"));
       return;
     }
+    extended_ = ctx->def().op() == "TfHpsWeightedSparseLookup";
+    if (extended_) {
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("weighted", &weighted_));
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("clip", &clip_));
+      int64_t lanes = 8;
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("lanes", &lanes));
+      OP_REQUIRES(ctx, lanes == 4 || lanes == 8 || lanes == 16,
+                  absl::InvalidArgumentError("lanes must be 4, 8 or 16, got " + std::to_string(lanes)));
+      lanes_ = static_cast<int>(lanes);
+    }
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -284,6 +294,32 @@ class SparseLookupOp : public OpKernel {
                 absl::InvalidArgumentError("num_rows must be >= 0, got " + std::to_string(num_rows)));
     OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(handle.shape()),
                 absl::InvalidArgumentError("ps_handle must be a scalar string"));
+    const float* weights = nullptr;
+    const float* divisor_weights = nullptr;
+    float max_norm = 0.0f;
+    if (extended_) {
+      const Tensor& w = ctx->input(4);
+      const Tensor& dw = ctx->input(5);
+      const Tensor& c = ctx->input(6);
+      if (weighted_) {
+        OP_REQUIRES(ctx, TensorShapeUtils::IsVector(w.shape()) && w.NumElements() == nnz,
+                    absl::InvalidArgumentError("sp_weights must have as many values as sp_ids (the same indices): "
+                                               "weights has shape " + w.shape().DebugString() + ", keys has " +
+                                               std::to_string(nnz) + " values"));
+        weights = w.flat<float>().data();
+        if (combiner_ != Combiner::kSum) {
+          OP_REQUIRES(ctx, TensorShapeUtils::IsVector(dw.shape()) && dw.NumElements() == nnz,
+                      absl::InvalidArgumentError("divisor_weights has shape " + dw.shape().DebugString() +
+                                                 " but keys has " + std::to_string(nnz) + " values"));
+          divisor_weights = dw.flat<float>().data();
+        }
+      }
+      if (clip_) {
+        OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(c.shape()),
+                    absl::InvalidArgumentError("max_norm must be a scalar, got shape " + c.shape().DebugString()));
+        max_norm = c.scalar<float>()();
+      }
+    }
 
     RunKernelGuarded(ctx, [&] {
       std::shared_ptr<const ParameterServer> server;
@@ -337,20 +373,40 @@ class SparseLookupOp : public OpKernel {
       const ParallelFor parallel_for = WorkerPool(ctx);
       server->NoteServedOnCpu(*table);
       server->Lookup(*table, unique.keys.data(), u, rows, parallel_for);
+      if (clip_) {  // each distinct row once, as TF clips the rows of its distinct ids
+        const int lanes = lanes_;
+        parallel_for(u, dim * 4 + 10, [rows, dim, max_norm, lanes](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) ClipRowLikeTf(rows + i * dim, dim, max_norm, lanes);
+        });
+      }
 
       const int64_t* index = unique.index.data();
       const Combiner combiner = combiner_;
+      const int lanes = lanes_;
       const int64_t cost = (nnz / num_rows + 1) * dim * 2 + 10;
-      parallel_for(num_rows, cost, [&, rows, offsets, order, index, out_data](int64_t begin, int64_t end) {
-        std::vector<float> acc(std::is_same_v<T, float> ? 0 : dim);
+      parallel_for(num_rows, cost, [&, rows, offsets, order, index, out_data, weights, divisor_weights, lanes](
+                                       int64_t begin, int64_t end) {
+        std::vector<float> acc(std::is_same_v<T, float> && weights == nullptr ? 0 : dim);
+        std::vector<float> scratch(weights == nullptr ? 0 : 3 * dim);
         for (int64_t r = begin; r < end; ++r) {
           const int64_t* positions = order + offsets[r];
+          const int64_t n = offsets[r + 1] - offsets[r];
           const auto row = [rows, positions, index, dim](int64_t k) { return rows + index[positions[k]] * dim; };
           T* dst = out_data + r * dim;
-          if constexpr (std::is_same_v<T, float>) {
-            CombineRows(combiner, offsets[r + 1] - offsets[r], dim, row, dst);
+          if (weights != nullptr) {
+            const auto weight = [weights, positions](int64_t k) { return weights[positions[k]]; };
+            WeightedSumLikeTf(n, dim, lanes, row, weight, acc.data(), scratch.data());
+            if (divisor_weights != nullptr) {  // div_no_nan(sum, divisor)
+              float divisor =
+                  ScalarSumLikeTf(n, [divisor_weights, positions](int64_t k) { return divisor_weights[positions[k]]; });
+              if (combiner == Combiner::kSqrtn) divisor = std::sqrt(divisor);
+              for (int64_t d = 0; d < dim; ++d) acc[d] = divisor == 0.0f ? 0.0f : acc[d] / divisor;
+            }
+            for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(acc[d]);
+          } else if constexpr (std::is_same_v<T, float>) {
+            CombineRows(combiner, n, dim, row, dst);
           } else {  // combined in float32, rounded to the output dtype once
-            CombineRows(combiner, offsets[r + 1] - offsets[r], dim, row, acc.data());
+            CombineRows(combiner, n, dim, row, acc.data());
             for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(acc[d]);
           }
         }
@@ -361,6 +417,10 @@ class SparseLookupOp : public OpKernel {
  private:
   TableBinding binding_;
   Combiner combiner_ = Combiner::kMean;
+  bool extended_ = false;  // TfHpsWeightedSparseLookup: weights, divisor_weights and max_norm inputs
+  bool weighted_ = false;
+  bool clip_ = false;
+  int lanes_ = 8;
 };
 
 class StatsOp : public OpKernel {
@@ -422,6 +482,12 @@ REGISTER_KERNEL_BUILDER(
 
 #define TF_HPS_REGISTER_SPARSE_LOOKUP(K, S, T)                                        \
   REGISTER_KERNEL_BUILDER(Name("TfHpsSparseLookup")                                   \
+                              .Device(::tensorflow::DEVICE_CPU)                       \
+                              .TypeConstraint<K>("Tkeys")                             \
+                              .TypeConstraint<S>("Tsegments")                         \
+                              .TypeConstraint<T>("dtype"),                            \
+                          SparseLookupOp<K, S, T>);                           \
+  REGISTER_KERNEL_BUILDER(Name("TfHpsWeightedSparseLookup")                           \
                               .Device(::tensorflow::DEVICE_CPU)                       \
                               .TypeConstraint<K>("Tkeys")                             \
                               .TypeConstraint<S>("Tsegments")                         \

@@ -139,13 +139,66 @@ Each distinct key is looked up once; output row r combines the rows of the keys 
 segment id is r, in their input order and in the order of TF's tf.sparse.segment_sum,
 segment_mean and segment_sqrt_n kernels: sum, mean (sum / n) or sqrtn (sum / sqrt(n)) of
 the row's n keys; a row with no keys is zeros. Rows are combined in float32 and converted
-to dtype once. (SparseLookupLayer runs weights and max_norm through TF's own ops.)
+to dtype once. (With weights or max_norm: TfHpsWeightedSparseLookup.)
 
 keys: int32 or int64 keys, (nnz).
 segment_ids: the output row of each key, (nnz), in [0, num_rows); need not be sorted.
 num_rows: number of output rows (a SparseTensor's dense_shape[0]), scalar >= 0.
 embeddings: (num_rows, emb_vec_size) of dtype.
 combiner: 'sum', 'mean' or 'sqrtn'.
+)doc");
+
+REGISTER_OP("TfHpsWeightedSparseLookup")
+    .Input("keys: Tkeys")
+    .Input("segment_ids: Tsegments")
+    .Input("num_rows: int64")
+    .Input("ps_handle: string")
+    .Input("weights: float")
+    .Input("divisor_weights: float")
+    .Input("max_norm: float")
+    .Output("embeddings: dtype")
+    .Attr("model_name: string")
+    .Attr("table_id: int >= 0")
+    .Attr("emb_vec_size: int >= 1")
+    .Attr("combiner: {'sum', 'mean', 'sqrtn'} = 'mean'")
+    .Attr("weighted: bool")
+    .Attr("clip: bool")
+    .Attr("lanes: int = 8")
+    .Attr("dtype: {float, half, bfloat16} = DT_FLOAT")
+    .Attr("Tkeys: {int32, int64}")
+    .Attr("Tsegments: {int32, int64} = DT_INT64")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle keys, segments, unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &keys));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &segments));
+      TF_RETURN_IF_ERROR(c->Merge(keys, segments, &keys));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 1, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 0, &unused));
+      ::tensorflow::shape_inference::DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
+      int64_t dim = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("emb_vec_size", &dim));
+      c->set_output(0, c->Matrix(rows, dim));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+TfHpsSparseLookup with weights and/or max_norm, like tf.nn.embedding_lookup_sparse, bit for bit.
+
+Each distinct key is looked up once and, with clip, clipped once as tf.clip_by_norm does.
+Without weights, rows combine as in TfHpsSparseLookup. With weights, output row r is the
+segment_sum of row * weight over its keys in input order, then for 'mean' divided by the sum of
+divisor_weights and for 'sqrtn' by the square root of their sum (0 where the divisor is 0), in
+the order of TF's Eigen reductions for a float packet width of `lanes` (ops/sparse_combine.h).
+
+weights: a float32 weight per key (nnz) when weighted, else ignored (may be empty).
+divisor_weights: per key, what 'mean' sums (the weights) or 'sqrtn' sums (the squared weights,
+  as the caller's TF computes them); ignored for 'sum' and without weights.
+max_norm: the clip norm (float32, already >= 0) when clip, else ignored.
+lanes: the float packet width (4, 8 or 16) of the TensorFlow build whose bits to match.
 )doc");
 
 REGISTER_OP("TfHpsRefresh")

@@ -22,6 +22,7 @@
 #ifndef TF_HPS_OPS_SPARSE_COMBINE_H_
 #define TF_HPS_OPS_SPARSE_COMBINE_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -93,6 +94,123 @@ void CombineRows(Combiner combiner, int64_t n, int64_t dim, Row row, float* out)
   }
   if (scale.divide)
     for (int64_t d = 0; d < dim; ++d) out[d] /= scale.divisor;
+}
+
+
+// Weighted rows and max_norm, in the order of the Eigen reductions behind TF's
+// CPU kernels of tf.math.segment_sum and tf.clip_by_norm (the ops
+// tf.nn.embedding_lookup_sparse runs with weights or max_norm). Their order
+// depends on `lanes`, the float packet width TensorFlow was built with (8 for
+// the x86 wheels, built for AVX); SparseLookupLayer measures it once per
+// process against TF itself and uses TF's own ops where no width matches.
+//
+// segment_sum of n >= 2 rows t0..t(n-1): columns below v = dim / lanes * lanes
+// go in packets; with n >= 16 four accumulators take rows k % 4 == 0..3 up to
+// u = n / 4 * 4, are added as ((a0 + a1) + a2) + a3, then rows u.. follow;
+// with n < 16, and for the columns from v on, one sum from 0 in row order.
+// A single row is copied, no row gives zeros.
+//
+// The squared norm of one row of dim values (tf.reduce_sum over its last
+// axis): four packet accumulators over blocks of 4 * lanes, added
+// ((p0 + p1) + p2) + p3, further whole packets into p0, the rest one by one
+// from 0 into s, then s + the packet folded in halves (p[i] + p[i + w/2],
+// down to one value). Longer than lanes * 1024 values: split in two at a
+// packet boundary (halves rounded up), each summed so, then added.
+
+// The sum of the n squares x[i] * x[i], starting at flat index first.
+inline float SquaredNormLikeTf(const float* x, int64_t n, int64_t first, int lanes) {
+  if (n > static_cast<int64_t>(lanes) * 1024) {
+    const int64_t split = lanes * ((first + (n + 1) / 2 + lanes - 1) / lanes);
+    const int64_t left = std::min(split - first, n);
+    float acc = 0.0f + SquaredNormLikeTf(x, left, first, lanes);
+    if (left < n) acc = acc + SquaredNormLikeTf(x + left, n - left, split, lanes);
+    return acc;
+  }
+  float p[4][16] = {};
+  int64_t start = 0;
+  if (n >= 4 * lanes) {
+    const int64_t v4 = n / (4 * lanes) * (4 * lanes);
+    for (int64_t j = 0; j < v4; j += 4 * lanes)
+      for (int a = 0; a < 4; ++a)
+        for (int l = 0; l < lanes; ++l) {
+          const float e = x[j + a * lanes + l];
+          p[a][l] = p[a][l] + e * e;
+        }
+    for (int a = 1; a < 4; ++a)
+      for (int l = 0; l < lanes; ++l) p[0][l] = p[0][l] + p[a][l];
+    start = v4;
+  }
+  if (start <= n - lanes) {
+    const int64_t v = n / lanes * lanes;
+    for (int64_t j = start; j < v; j += lanes)
+      for (int l = 0; l < lanes; ++l) {
+        const float e = x[j + l];
+        p[0][l] = p[0][l] + e * e;
+      }
+    start = v;
+  }
+  float s = 0.0f;
+  for (int64_t j = start; j < n; ++j) s = s + x[j] * x[j];
+  for (int w = lanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) p[0][l] = p[0][l] + p[0][l + w];
+  return s + p[0][0];
+}
+
+// tf.clip_by_norm(x, c) of one row, in place: x * c / max(norm, c).
+inline void ClipRowLikeTf(float* x, int64_t dim, float c, int lanes) {
+  const float s = SquaredNormLikeTf(x, dim, 0, lanes);
+  const float norm = s > 0.0f ? std::sqrt(s) : s;
+  const float m = (std::isnan(norm) || std::isnan(c)) ? NAN : (norm > c ? norm : c);
+  for (int64_t d = 0; d < dim; ++d) x[d] = (x[d] * c) / m;
+}
+
+// segment_sum of the rows row(k) * weight(k), k < n, into out (dim floats);
+// scratch holds 3 * dim floats.
+template <class Row, class Weight>
+void WeightedSumLikeTf(int64_t n, int64_t dim, int lanes, Row row, Weight weight, float* out, float* scratch) {
+  if (n == 0) {
+    for (int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
+    return;
+  }
+  if (n == 1) {
+    const float* x = row(0);
+    const float w = weight(0);
+    for (int64_t d = 0; d < dim; ++d) out[d] = x[d] * w;
+    return;
+  }
+  for (int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
+  int64_t k = 0;
+  if (n >= 16) {
+    const int64_t v = dim / lanes * lanes;
+    float* acc[4] = {out, scratch, scratch + dim, scratch + 2 * dim};
+    for (int a = 1; a < 4; ++a)
+      for (int64_t d = 0; d < v; ++d) acc[a][d] = 0.0f;
+    const int64_t u = n / 4 * 4;
+    for (; k < u; k += 4)
+      for (int a = 0; a < 4; ++a) {
+        const float* x = row(k + a);
+        const float w = weight(k + a);
+        float* dst = acc[a];
+        for (int64_t d = 0; d < v; ++d) dst[d] = dst[d] + x[d] * w;
+        for (int64_t d = v; d < dim; ++d) out[d] = out[d] + x[d] * w;
+      }
+    for (int a = 1; a < 4; ++a)
+      for (int64_t d = 0; d < v; ++d) out[d] = out[d] + acc[a][d];
+  }
+  for (; k < n; ++k) {
+    const float* x = row(k);
+    const float w = weight(k);
+    for (int64_t d = 0; d < dim; ++d) out[d] = out[d] + x[d] * w;
+  }
+}
+
+// segment_sum of n scalars (one column: always one sum from 0, in order).
+template <class Value>
+float ScalarSumLikeTf(int64_t n, Value value) {
+  if (n == 1) return value(0);
+  float s = 0.0f;
+  for (int64_t k = 0; k < n; ++k) s = s + value(k);
+  return s;
 }
 
 }  // namespace tf_hps

@@ -9,7 +9,7 @@ import os
 import keras
 import tensorflow as tf
 
-from tf_hps import api
+from tf_hps import _tf_order, api
 from tf_hps._ops import ops
 from tf_hps.config import PsConfig, load_config
 
@@ -302,8 +302,11 @@ class SparseLookupLayer(_TableLayer):
     (run the same way: eagerly, or both traced). Without weights and
     ``max_norm`` one op combines: each distinct key is looked up once, no
     per-key rows are materialised, and rows are summed in the order of TF's
-    sparse segment kernels. With either, TF's own clipping and segment ops
-    combine the looked-up rows, since their order depends on TF's build.
+    sparse segment kernels. With either, one op too: it clips each distinct
+    row once and sums weighted rows in the order of TF's own reductions,
+    whose float packet width depends on TF's build and is measured once per
+    process (where no known width matches, TF's own clipping and segment
+    ops combine the looked-up rows).
 
     Example:
         >>> layer = SparseLookupLayer("foo", 0, 16, tf.float32, "ps_config.json")  # doctest: +SKIP
@@ -351,10 +354,52 @@ class SparseLookupLayer(_TableLayer):
                 combiner=combiner,
                 dtype=self.emb_vec_dtype,
             )
+        elif _tf_order.reduction_lanes() is not None and (
+            self.emb_vec_size <= 1024 * _tf_order.reduction_lanes()
+            or self.emb_vec_size % _tf_order.reduction_lanes() == 0
+        ):
+            embeddings = self._weighted_sparse_lookup(keys, segments, num_rows, weights, combiner, max_norm)
         else:
             embeddings = self._combine_with_tf_ops(keys, segments, num_rows, weights, combiner, max_norm)
         embeddings.set_shape([static_rows, self.emb_vec_size])
         return embeddings
+
+    def _weighted_sparse_lookup(self, keys, segments, num_rows, weights, combiner, max_norm):
+        """Weights or max_norm in one op, in the order of this TensorFlow's own reductions.
+
+        What TF computes with a per-mode rewrite stays TF's: the clip norm is cast as
+        tf.clip_by_norm casts it, and sqrtn's squared weights are TF's tf.pow(weights, 2)
+        (eagerly Eigen's pow, traced grappler's square), which the op sums.
+        """
+        empty = tf.zeros([0], tf.float32)
+        divisor_weights = empty
+        if weights is not None and combiner == "mean":
+            divisor_weights = weights
+        elif weights is not None and combiner == "sqrtn":
+            divisor_weights = tf.pow(weights, 2)
+        if max_norm is None:
+            clip_norm = tf.constant(0.0, tf.float32)
+        elif isinstance(max_norm, float):
+            clip_norm = tf.constant(max(max_norm, 0.0), tf.float32)
+        else:
+            clip_norm = tf.cast(tf.maximum(max_norm, 0), tf.float32)
+        return ops().tf_hps_weighted_sparse_lookup(
+            keys=keys,
+            segment_ids=segments,
+            num_rows=num_rows,
+            ps_handle=self._handle(),
+            weights=empty if weights is None else weights,
+            divisor_weights=divisor_weights,
+            max_norm=clip_norm,
+            model_name=self.model_name,
+            table_id=self.table_id,
+            emb_vec_size=self.emb_vec_size,
+            combiner=combiner,
+            weighted=weights is not None,
+            clip=max_norm is not None,
+            lanes=_tf_order.reduction_lanes(),
+            dtype=self.emb_vec_dtype,
+        )
 
     def _combine_with_tf_ops(self, keys, segments, num_rows, weights, combiner, max_norm):
         """Weights or max_norm: the rows combined by TF's own ops, as tf.nn.embedding_lookup_sparse does.
