@@ -386,8 +386,10 @@ class SparseLookupOp : public OpKernel {
       const int64_t cost = (nnz / num_rows + 1) * dim * 2 + 10;
       parallel_for(num_rows, cost, [&, rows, offsets, order, index, out_data, weights, divisor_weights, lanes](
                                        int64_t begin, int64_t end) {
-        std::vector<float> acc(std::is_same_v<T, float> && weights == nullptr ? 0 : dim);
-        std::vector<float> scratch(weights == nullptr ? 0 : 3 * dim);
+        // Per worker thread: the float32 row (acc) and, with weights, three more accumulators.
+        thread_local ScratchBuffer<float> combine_buffer;
+        float* acc = combine_buffer.Get(4 * dim);
+        float* scratch = acc + dim;
         for (int64_t r = begin; r < end; ++r) {
           const int64_t* positions = order + offsets[r];
           const int64_t n = offsets[r + 1] - offsets[r];
@@ -395,7 +397,7 @@ class SparseLookupOp : public OpKernel {
           T* dst = out_data + r * dim;
           if (weights != nullptr) {
             const auto weight = [weights, positions](int64_t k) { return weights[positions[k]]; };
-            WeightedSumLikeTf(n, dim, lanes, row, weight, acc.data(), scratch.data());
+            WeightedSumLikeTf(n, dim, lanes, row, weight, acc, scratch);
             if (divisor_weights != nullptr) {  // div_no_nan(sum, divisor)
               float divisor =
                   ScalarSumLikeTf(n, [divisor_weights, positions](int64_t k) { return divisor_weights[positions[k]]; });
@@ -406,7 +408,7 @@ class SparseLookupOp : public OpKernel {
           } else if constexpr (std::is_same_v<T, float>) {
             CombineRows(combiner, n, dim, row, dst);
           } else {  // combined in float32, rounded to the output dtype once
-            CombineRows(combiner, n, dim, row, acc.data());
+            CombineRows(combiner, n, dim, row, acc);
             for (int64_t d = 0; d < dim; ++d) dst[d] = FromFloat<T>(acc[d]);
           }
         }

@@ -103,6 +103,23 @@ keys: int32 or int64 keys, any shape.
 embeddings: float32, keys.shape + [emb_vec_size].
 )doc");
 
+// TfHpsSparseLookup and TfHpsWeightedSparseLookup: keys and segment_ids (nnz), num_rows and
+// ps_handle scalars, output (num_rows, emb_vec_size).
+absl::Status SparseLookupShape(InferenceContext* c) {
+  ShapeHandle keys, segments, unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &keys));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &segments));
+  TF_RETURN_IF_ERROR(c->Merge(keys, segments, &keys));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &unused));
+  ::tensorflow::shape_inference::DimensionHandle rows;
+  TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
+  int64_t dim = 0;
+  TF_RETURN_IF_ERROR(c->GetAttr("emb_vec_size", &dim));
+  c->set_output(0, c->Matrix(rows, dim));
+  return absl::OkStatus();
+}
+
 REGISTER_OP("TfHpsSparseLookup")
     .Input("keys: Tkeys")
     .Input("segment_ids: Tsegments")
@@ -117,20 +134,7 @@ REGISTER_OP("TfHpsSparseLookup")
     .Attr("Tkeys: {int32, int64}")
     .Attr("Tsegments: {int32, int64} = DT_INT64")
     .SetIsStateful()
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle keys, segments, unused;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &keys));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &segments));
-      TF_RETURN_IF_ERROR(c->Merge(keys, segments, &keys));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &unused));
-      ::tensorflow::shape_inference::DimensionHandle rows;
-      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
-      int64_t dim = 0;
-      TF_RETURN_IF_ERROR(c->GetAttr("emb_vec_size", &dim));
-      c->set_output(0, c->Matrix(rows, dim));
-      return absl::OkStatus();
-    })
+    .SetShapeFn(SparseLookupShape)
     .Doc(R"doc(
 Looks up and combines the rows of a ragged batch of keys, like tf.nn.embedding_lookup_sparse
 without weights, bit for bit.
@@ -169,21 +173,11 @@ REGISTER_OP("TfHpsWeightedSparseLookup")
     .Attr("Tsegments: {int32, int64} = DT_INT64")
     .SetIsStateful()
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle keys, segments, unused;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &keys));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &segments));
-      TF_RETURN_IF_ERROR(c->Merge(keys, segments, &keys));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 1, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 0, &unused));
-      ::tensorflow::shape_inference::DimensionHandle rows;
-      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
-      int64_t dim = 0;
-      TF_RETURN_IF_ERROR(c->GetAttr("emb_vec_size", &dim));
-      c->set_output(0, c->Matrix(rows, dim));
-      return absl::OkStatus();
+      ShapeHandle unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &unused));  // weights
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 1, &unused));  // divisor_weights
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 0, &unused));  // max_norm
+      return SparseLookupShape(c);
     })
     .Doc(R"doc(
 TfHpsSparseLookup with weights and/or max_norm, like tf.nn.embedding_lookup_sparse, bit for bit.

@@ -1,8 +1,8 @@
 """SparseLookupLayer answers what tf.nn.embedding_lookup_sparse answers on the same table, bit for bit.
 
-Every combiner, with and without weights and max_norm: the fused op sums in the order of TF's sparse
-segment kernels (ops/sparse_combine.h), and weights and max_norm run through TF's own ops, so each
-output is compared with TF's exactly (tf_hps.testing.assert_bitwise_equal).
+Every combiner, with and without weights and max_norm: the fused ops sum in the order of TF's sparse
+segment kernels, and with weights or max_norm in the order of TF's Eigen reductions (ops/sparse_combine.h),
+so each output is compared with TF's exactly (tf_hps.testing.assert_bitwise_equal).
 """
 
 import os
@@ -457,3 +457,60 @@ def test_config_from_init_and_missing_config(tables, monkeypatch):
     got = layer(tf.ragged.constant([[4, 5]], tf.int64), combiner="sum").numpy()
     assert_bitwise_equal(got[0], tables.rows["t0"][1][4] + tables.rows["t0"][1][5])  # one float32 addition
     assert os.path.samefile(layer._config().path, path)
+
+
+@pytest.mark.parametrize("dim", [5, 45, 200])
+@pytest.mark.parametrize("combiner", COMBINERS)
+def test_weights_and_max_norm_match_tf_at_widths_with_tails(tables, dim, combiner):
+    """Widths that leave columns outside whole packets and rows long enough for every unrolled
+    accumulator (40 keys a row), in eager and traced calls."""
+    tables.table("wide", 300, dim)
+    path = tables.config(tables=("wide",), dims=(dim,))
+    dense = tables.dense("wide", DEFAULT, 400)
+    layer = hps.SparseLookupLayer("foo", 0, dim, tf.float32, path)
+    lengths, keys, weights = random_batch(seed=dim, rows=25, max_len=40, key_range=400)
+    sp_ids = as_ragged(lengths, keys, tf.int64)
+    sp_weights = as_ragged(lengths, weights * 30.0, tf.float32)
+    for max_norm in (None, 0.3):
+        want = tf_reference(dense, sp_ids, sp_weights, combiner, max_norm, len(lengths))
+        assert_bitwise_equal(layer(sp_ids, sp_weights, combiner=combiner, max_norm=max_norm).numpy(), want)
+        traced = tf.function(lambda i, w, m=max_norm: layer(i, w, combiner=combiner, max_norm=m))
+        want_traced = tf.function(
+            lambda i, w, m=max_norm: tf.nn.embedding_lookup_sparse(dense, i, w, combiner=combiner, max_norm=m))
+        got = traced(sp_ids, sp_weights).numpy()
+        assert_bitwise_equal(got[: len(want_traced(sp_ids, sp_weights))], want_traced(sp_ids, sp_weights).numpy())
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_the_weighted_op_follows_the_reduction_order_of_each_packet_width(tables, lanes):
+    """TF builds with other packet widths (SSE, AVX-512) sum in another order: the op at each width
+    against the numpy model of that order (tf_hps._tf_order, checked against this TF at its width)."""
+    from tf_hps import _tf_order
+
+    dim = 45
+    tables.table("w", 300, dim)
+    path = tables.config(tables=("w",), dims=(dim,))
+    layer = hps.SparseLookupLayer("foo", 0, dim, tf.float32, path)
+    layer(tf.ragged.constant([[1]], tf.int64))  # starts the server
+    keys_of_rows = [np.arange(n, dtype=np.int64) * 7 % 300 for n in (1, 2, 15, 16, 17, 40)]
+    keys = np.concatenate(keys_of_rows)
+    segments = np.repeat(np.arange(len(keys_of_rows)), [len(k) for k in keys_of_rows])
+    weights = np.random.default_rng(lanes).uniform(-30, 30, len(keys)).astype(np.float32)
+    stored_keys, vectors = tables.rows["w"]
+    table = dict(zip(stored_keys.tolist(), vectors))
+    for clip in (False, True):
+        got = ops().tf_hps_weighted_sparse_lookup(
+            keys=keys, segment_ids=segments, num_rows=len(keys_of_rows), ps_handle=layer._handle(),
+            weights=weights, divisor_weights=weights, max_norm=np.float32(0.3), model_name="foo", table_id=0,
+            emb_vec_size=dim, combiner="sum", weighted=True, clip=clip, lanes=lanes).numpy()
+        for r, row_keys in enumerate(keys_of_rows):
+            rows = np.stack([table[k] for k in row_keys.tolist()])
+            if clip:
+                rows = _tf_order.clip_by_norm_of(rows, 0.3, lanes)
+            w = weights[segments == r][:, None]
+            assert_bitwise_equal(got[r], _tf_order.segment_sum_of(rows * w, lanes))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="lanes must be 4, 8 or 16"):
+        ops().tf_hps_weighted_sparse_lookup(
+            keys=keys, segment_ids=segments, num_rows=len(keys_of_rows), ps_handle=layer._handle(),
+            weights=weights, divisor_weights=weights, max_norm=np.float32(0.3), model_name="foo", table_id=0,
+            emb_vec_size=dim, combiner="sum", weighted=True, clip=False, lanes=5)

@@ -103,3 +103,16 @@ def reduction_lanes():
         ):
             return lanes
     return None
+
+
+def lanes_for_rows_of(dim):
+    """The packet width for rows of dim floats, or None where TF's own ops must combine them.
+
+    A row longer than lanes * 1024 whose length is not a multiple of lanes is summed in halves
+    split at packet boundaries of the whole tensor, which depend on the row's place in TF's
+    tensor of distinct rows: left to TF.
+    """
+    lanes = reduction_lanes()
+    if lanes is None or (dim > 1024 * lanes and dim % lanes):
+        return None
+    return lanes

@@ -354,10 +354,7 @@ class SparseLookupLayer(_TableLayer):
                 combiner=combiner,
                 dtype=self.emb_vec_dtype,
             )
-        elif _tf_order.reduction_lanes() is not None and (
-            self.emb_vec_size <= 1024 * _tf_order.reduction_lanes()
-            or self.emb_vec_size % _tf_order.reduction_lanes() == 0
-        ):
+        elif _tf_order.lanes_for_rows_of(self.emb_vec_size):
             embeddings = self._weighted_sparse_lookup(keys, segments, num_rows, weights, combiner, max_norm)
         else:
             embeddings = self._combine_with_tf_ops(keys, segments, num_rows, weights, combiner, max_norm)
@@ -397,7 +394,7 @@ class SparseLookupLayer(_TableLayer):
             combiner=combiner,
             weighted=weights is not None,
             clip=max_norm is not None,
-            lanes=_tf_order.reduction_lanes(),
+            lanes=_tf_order.lanes_for_rows_of(self.emb_vec_size),
             dtype=self.emb_vec_dtype,
         )
 
