@@ -3,18 +3,22 @@
     python benchmarks/e2e.py [--quick] [--out DIR] [--scale 0.02] [--dims 16,64] [--alpha 1.2]
                              [--batches 32,256,1024,4096,16384] [--budget 6]
 
-Three SavedModels of the same model (benchmarks/workload.py: 26 Criteo-like tables, bottom MLP, dot
+SavedModels of the same model (benchmarks/workload.py: 26 Criteo-like tables, bottom MLP, dot
 interaction, top MLP), with the same dense weights and the same table rows, are exported with
 ``model.export`` and loaded back with ``tf.saved_model.load`` in this one process:
 
 * native: ``keras.layers.Embedding`` variables holding the tables (everything in RAM);
-* hps (in RAM): ``hps.LookupLayer`` per table; L1 cache of ``--gpucacheper`` of the rows, then a
-  hash-map VDB holding every row;
-* hps (VDB = 1/10): the same with the hash map capped by ``overflow_margin`` (evict_least_used) so that
-  the tables are ``--vdb-fraction``^-1 times larger than the rows the VDB holds, every row in a RocksDB
-  PDB behind it, missed rows written back to the VDB, and an L1 of ``--big-gpucacheper``.
+* hps (in RAM): one ``hps.FusedLookupLayer`` for the 26 tables, ``fuse_embedding_table`` on; L1 cache
+  of ``--gpucacheper`` of the rows, then a hash-map VDB holding every row;
+* hps (VDB = 1/10): the same layer, with the hash map capped by ``overflow_margin`` (evict_least_used) so
+  that the tables are ``--vdb-fraction``^-1 times larger than the rows the VDB holds, every row in a
+  RocksDB PDB behind it, missed rows written back to the VDB, and an L1 of ``--big-gpucacheper``;
+* hps per table: the in-RAM case as HPS's users write it, a ``hps.LookupLayer`` per table, no fusion;
+* no lookup (the limit): the same model whose 26 lookups are replaced by an elementwise op each that
+  writes the same output without reading any table, so native / its time is the most that any
+  embedding lookup could gain on this model and machine.
 
-Before timing, the three are checked to give the same outputs on a batch, and the caches are warmed
+Before timing, the hps models are checked to give native's outputs on a batch, and the caches are warmed
 with ``--warm`` batches. Then for each batch size the three are called in turns (the order rotating each
 round: A B C, B C A, ...) on the same pre-built batches (the key stream of the zipf(alpha) law, a new
 batch every round), until ``--budget`` seconds per batch size are spent (at least --min-rounds rounds).
@@ -45,7 +49,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import workload as wl  # noqa: E402
 from machine import describe  # noqa: E402
 
-TARGETS = {"in_ram": 1.0, "vdb_tenth": 0.5}
+# Goals against native Keras (issue: >= 1.0x in RAM at every batch, >= 1.3x from batch 1,024; >= 0.7x with
+# the VDB at 1/10 of the rows plus RocksDB). per_table (HPS's model unchanged) is measured, not a goal.
+# no_lookup is the limit: native / its p50 is the most any lookup could reach on this model and machine.
+TARGETS = {"in_ram": 1.0, "vdb_tenth": 0.7, "per_table": None, "no_lookup": None}
+TARGET_IN_RAM_LARGE = (1024, 1.3)
 
 
 def vdb_margin_for(rows: list[int], partitions: int, fraction: float) -> int:
@@ -95,7 +103,11 @@ def run_dim(args, dim: int, work: str, log) -> dict:
     ram_cfg = wl.ps_config(os.path.join(folder, "ram.json"), f"ram{dim}", paths, dim,
                            gpucacheper=args.gpucacheper, max_batch_size=max(args.batches),
                            volatile_db={"type": "hash_map", "num_partitions": partitions},
-                           extra_model={"embedding_cache_type": args.cache_type})
+                           extra_model={"embedding_cache_type": args.cache_type}, fuse=True)
+    per_table_cfg = wl.ps_config(os.path.join(folder, "per_table.json"), f"per{dim}", paths, dim,
+                                 gpucacheper=args.gpucacheper, max_batch_size=max(args.batches),
+                                 volatile_db={"type": "hash_map", "num_partitions": partitions},
+                                 extra_model={"embedding_cache_type": args.cache_type})
     margin = vdb_margin_for(w.rows, partitions, args.vdb_fraction)
     big_cfg = wl.ps_config(
         os.path.join(folder, "tenth.json"), f"tenth{dim}", paths, dim, gpucacheper=args.big_gpucacheper,
@@ -103,7 +115,7 @@ def run_dim(args, dim: int, work: str, log) -> dict:
         volatile_db={"type": "hash_map", "num_partitions": partitions, "overflow_margin": margin,
                      "overflow_policy": "evict_least_used", "overflow_resolution_target": 0.8,
                      "initial_cache_rate": 1.0, "cache_missed_embeddings": True},
-        persistent_db={"type": "rocks_db", "path": os.path.join(folder, "rocksdb")})
+        persistent_db={"type": "rocks_db", "path": os.path.join(folder, "rocksdb")}, fuse=True)
     plan_ram = hps.plan_memory(ram_cfg, l1="cpu")
     plan_big = hps.plan_memory(big_cfg, l1="cpu")
 
@@ -124,13 +136,18 @@ def run_dim(args, dim: int, work: str, log) -> dict:
         f"{setup['vdb_rows_tenth']:,} rows (margin {margin}/partition)")
 
     native = wl.dlrm_model(w, "native", seed=args.seed)
-    ours_ram = wl.dlrm_model(w, "hps", config=ram_cfg, model_name=f"ram{dim}", seed=args.seed)
-    ours_big = wl.dlrm_model(w, "hps", config=big_cfg, model_name=f"tenth{dim}", seed=args.seed)
-    wl.copy_dense_weights(native, ours_ram)
-    wl.copy_dense_weights(native, ours_big)
-    names = ["native", "in_ram", "vdb_tenth"]
+    ours_ram = wl.dlrm_model(w, "hps_fused", config=ram_cfg, model_name=f"ram{dim}", seed=args.seed)
+    ours_big = wl.dlrm_model(w, "hps_fused", config=big_cfg, model_name=f"tenth{dim}", seed=args.seed)
+    # HPS's own model, unchanged: a LookupLayer per table, no fusion.
+    ours_per_table = wl.dlrm_model(w, "hps", config=per_table_cfg, model_name=f"per{dim}", seed=args.seed)
+    # The limit beside them: the model whose lookups only write their output.
+    no_lookup = wl.dlrm_model(w, "none", seed=args.seed)
+    for model in (ours_ram, ours_big, ours_per_table, no_lookup):
+        wl.copy_dense_weights(native, model)
+    names = ["native", "in_ram", "vdb_tenth", "per_table", "no_lookup"]
+    checked = names[1:-1]  # no_lookup's outputs are not the model's
     fns, keep = {}, []
-    for name, model in zip(names, (native, ours_ram, ours_big)):
+    for name, model in zip(names, (native, ours_ram, ours_big, ours_per_table, no_lookup)):
         path = os.path.join(folder, f"export_{name}")
         t0 = time.perf_counter()
         export(model, path)
@@ -149,7 +166,7 @@ def run_dim(args, dim: int, work: str, log) -> dict:
     # A sanity check, not the exactness test (tests/ has those): the lookups are exact, and the dense
     # layers are the same weights in separate graphs, which TF may sum in other orders; 1e-5 is far
     # above that rounding (tf_hps.testing) and far below what one wrong embedding row changes.
-    for name in names[1:]:
+    for name in checked:
         if not np.allclose(outs[name], outs["native"], rtol=1e-5, atol=1e-6):
             raise AssertionError(f"{name} differs from native: max diff "
                                  f"{float(np.max(np.abs(outs[name] - outs['native'])))}")
@@ -157,7 +174,7 @@ def run_dim(args, dim: int, work: str, log) -> dict:
     t0 = time.perf_counter()
     for b in w.batches(args.warm_batch, args.warm, seed=args.seed + 2):
         b = tuple(tf.constant(a) for a in b)
-        for name in names[1:]:
+        for name in checked:
             call(fns[name], b)
     log(f"  warmed with {args.warm} batches of {args.warm_batch} in {time.perf_counter() - t0:.1f} s")
     def time_batch(src, batch: int) -> dict:
@@ -185,17 +202,23 @@ def run_dim(args, dim: int, work: str, log) -> dict:
         for name in names[1:]:
             ratio = row["models"]["native"]["p50_ms"] / row["models"][name]["p50_ms"]
             row[f"ratio_{name}"] = ratio
-            row[f"met_{name}"] = ratio >= TARGETS[name]
+            target = TARGETS[name]
+            if name == "in_ram" and batch >= TARGET_IN_RAM_LARGE[0]:
+                target = TARGET_IN_RAM_LARGE[1]
+            row[f"target_{name}"] = target
+            row[f"met_{name}"] = None if target is None else ratio >= target
         m = row["models"]
         log(f"  D={dim} alpha {src.alpha} batch {batch:>6}: {r} rounds; p50 native {m['native']['p50_ms']:.2f} ms, "
             f"in RAM {m['in_ram']['p50_ms']:.2f} ms ({row['ratio_in_ram']:.2f}x), VDB 1/10 "
-            f"{m['vdb_tenth']['p50_ms']:.2f} ms ({row['ratio_vdb_tenth']:.2f}x)")
+            f"{m['vdb_tenth']['p50_ms']:.2f} ms ({row['ratio_vdb_tenth']:.2f}x), per table "
+            f"{m['per_table']['p50_ms']:.2f} ms ({row['ratio_per_table']:.2f}x), limit (no lookup) "
+            f"{m['no_lookup']['p50_ms']:.2f} ms ({row['ratio_no_lookup']:.2f}x)")
         return row
 
     def counters():
         out = {}
         st = hps.stats()
-        for name, model in (("in_ram", f"ram{dim}"), ("vdb_tenth", f"tenth{dim}")):
+        for name, model in (("in_ram", f"ram{dim}"), ("vdb_tenth", f"tenth{dim}"), ("per_table", f"per{dim}")):
             agg = {k: 0 for k in ("keys", "l1_hits", "missed_keys", "vdb_hits", "pdb_hits", "defaults")}
             for table, c in st.items():
                 if table.startswith(f"hps_et.{model}."):
@@ -218,7 +241,7 @@ def run_dim(args, dim: int, work: str, log) -> dict:
             other = wl.with_alpha(w, alpha, seed=args.seed + 7)
             for b in other.batches(args.warm_batch, args.warm, seed=args.seed + 3):
                 b = tuple(tf.constant(a) for a in b)
-                for name in names[1:]:
+                for name in checked:
                     call(fns[name], b)
             before = counters()
             rows = [time_batch(other, batch) for batch in args.alpha_batches]

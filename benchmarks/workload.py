@@ -112,8 +112,9 @@ def with_alpha(w: Workload, alpha: float, seed: int) -> Workload:
 
 def ps_config(path: str, model: str, table_paths: list[str], dim: int, *, gpucacheper: float = 0.1,
               max_batch_size: int = 16384, volatile_db: dict | None = None, persistent_db: dict | None = None,
-              extra_model: dict | None = None) -> str:
-    """Writes an HPS JSON config for the 26 tables of one model and returns its path."""
+              extra_model: dict | None = None, fuse: bool = False) -> str:
+    """Writes an HPS JSON config for the 26 tables of one model and returns its path (``fuse``: the
+    top-level fuse_embedding_table)."""
     n = len(table_paths)
     model_entry = {
         "model": model, "sparse_files": table_paths,
@@ -125,7 +126,7 @@ def ps_config(path: str, model: str, table_paths: list[str], dim: int, *, gpucac
         "gpucache": True, "gpucacheper": gpucacheper, "hit_rate_threshold": 0.9,
         **(extra_model or {}),
     }
-    config = {"supportlonglong": True, "models": [model_entry]}
+    config = {"supportlonglong": True, "fuse_embedding_table": fuse, "models": [model_entry]}
     if volatile_db is not None:
         config["volatile_db"] = volatile_db
     if persistent_db is not None:
@@ -160,13 +161,24 @@ def dlrm_model(workload: Workload, embedding: str, *, config: str | None = None,
             raise ValueError("the hps model needs a config")
         vectors = [hps.LookupLayer(model_name, t, dim, tf.float32, config, name=f"emb{t:02d}")(c)
                    for t, c in enumerate(columns)]
+    elif embedding == "hps_fused":
+        import tf_hps as hps
+        if config is None:
+            raise ValueError("the hps model needs a config")
+        vectors = hps.FusedLookupLayer(model_name, list(range(NUM_TABLES)), dim, tf.float32, config,
+                                       name="emb")(columns)
+    elif embedding == "none":
+        # The limit: the same model whose lookups only write their output (each id as a float times ones,
+        # no table read), so native / this is the most any lookup can gain on the whole model.
+        vectors = [keras.layers.Lambda(lambda v: tf.cast(v[:, None], tf.float32) * tf.ones((dim,)),
+                                       name=f"emb{t:02d}")(c) for t, c in enumerate(columns)]
     elif embedding == "native":
         vectors = []
         for t, c in enumerate(columns):
             layer = keras.layers.Embedding(workload.rows[t], dim, name=f"emb{t:02d}")
             vectors.append(layer(c))
     else:
-        raise ValueError(f"embedding must be 'hps' or 'native', not {embedding!r}")
+        raise ValueError(f"embedding must be 'hps', 'hps_fused', 'native' or 'none', not {embedding!r}")
 
     # Dot interaction: the upper triangle (without the diagonal) of the 27 x 27 Gram matrix, and x itself.
     stacked = keras.layers.Lambda(lambda vs: tf.stack(vs, axis=1), name="stack")([x] + vectors)

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -34,6 +35,9 @@ constexpr size_t kStreamOutputBytes = size_t{16} << 20;
 // the time of one, and vary less than 8 ranges of 2k).
 constexpr int64_t kMinPositionsPerRange = 8192;
 constexpr int64_t kMaxRanges = 16;
+// LookupMany's ranges span tables, and a range repeats the probes of another
+// only within the one table they split, so they can be shorter.
+constexpr int64_t kMinPositionsPerFusedRange = 2048;
 constexpr int64_t kRangeCost = int64_t{1} << 24;  // a range is a unit of work: never split further
 
 std::string JoinInts(const std::vector<int64_t>& values) {
@@ -132,6 +136,7 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
   table->dim = model.embedding_vecsize_per_table[t];
   table->default_value = static_cast<float>(model.default_value_for_each_table[t]);
   table->max_keys_per_call = model.max_batch_size * model.maxnum_catfeature_query_per_table_per_sample[t];
+  table->fused = config_.fuse_embedding_table && model.fuse_embedding_table;
 
   // Which tiers take the rows of the table files at start-up. A shared Redis
   // or a RocksDB with initialize_after_startup false, and a read-only RocksDB, are filled
@@ -264,10 +269,7 @@ const EmbeddingTable& ParameterServer::FindTable(const std::string& model, int64
   return *it->second[table_id];
 }
 
-void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
-                             const ParallelFor& parallel_for) const {
-  if (n <= 0) return;
-  const auto start = std::chrono::steady_clock::now();
+void ParameterServer::CountLookup(const EmbeddingTable& table, int64_t n) const {
   if (n > table.max_keys_per_call && !table.warned_oversized.exchange(true))
     Log(LogLevel::kWarning,
         "table " + table.tag + ": a lookup of " + std::to_string(n) + " keys, more than max_batch_size x "
@@ -275,6 +277,13 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
         "; served in full (HPS refuses such calls; GPU caches size their buffers by it). Logged once per table.");
   table.stats.lookups.fetch_add(1, std::memory_order_relaxed);
   table.stats.keys.fetch_add(n, std::memory_order_relaxed);
+}
+
+void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
+                             const ParallelFor& parallel_for) const {
+  if (n <= 0) return;
+  const auto start = std::chrono::steady_clock::now();
+  CountLookup(table, n);
   if (table.cache) {
     LookupThroughCache(table, keys, n, out, parallel_for);
   } else {
@@ -284,10 +293,146 @@ void ParameterServer::Lookup(const EmbeddingTable& table, const int64_t* keys, i
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
 }
 
+void ParameterServer::LookupMany(const std::vector<LookupPart>& parts, const ParallelFor& parallel_for) const {
+  const bool fused = std::all_of(parts.begin(), parts.end(), [](const LookupPart& p) { return p.table->fused; });
+  if (!fused || parts.size() == 1) {
+    for (const LookupPart& part : parts) Lookup(*part.table, part.keys, part.n, part.out, parallel_for);
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t num_parts = static_cast<int64_t>(parts.size());
+  // The positions of every part with an L1, end to end, split into ranges as
+  // LookupThroughCache splits one table's; a range may span tables, so it is
+  // a list of segments, each one part's positions [begin, end).
+  struct Segment {
+    int64_t part, begin, end;
+  };
+  thread_local std::vector<Segment> this_thread_segments;
+  std::vector<Segment>& segments = this_thread_segments;
+  segments.clear();
+  thread_local std::vector<int64_t> this_thread_range_starts;  // first segment of each range, then the end
+  std::vector<int64_t>& range_starts = this_thread_range_starts;
+  range_starts.clear();
+  std::vector<uint64_t> stamps(num_parts, 0);
+  int64_t total = 0;
+  for (int64_t i = 0; i < num_parts; ++i) {
+    if (parts[i].n <= 0) continue;
+    CountLookup(*parts[i].table, parts[i].n);
+    parts[i].table->stats.fused_lookups.fetch_add(1, std::memory_order_relaxed);
+    if (parts[i].table->cache) total += parts[i].n;
+  }
+  static const int64_t max_ranges =
+      std::clamp<int64_t>(static_cast<int64_t>(std::thread::hardware_concurrency()), 1, kMaxRanges);
+  const int64_t ranges = std::clamp<int64_t>(total / kMinPositionsPerFusedRange, 1, max_ranges);
+  {
+    int64_t offset = 0;  // of the current part's first position among all
+    int64_t i = 0;
+    for (int64_t r = 0; r < ranges; ++r) {
+      const int64_t range_begin = total * r / ranges, range_end = total * (r + 1) / ranges;
+      range_starts.push_back(static_cast<int64_t>(segments.size()));
+      while (i < num_parts && offset < range_end) {
+        const LookupPart& part = parts[i];
+        if (part.n <= 0 || !part.table->cache) {
+          ++i;
+          continue;
+        }
+        const int64_t begin = std::max(range_begin, offset) - offset;
+        const int64_t end = std::min(range_end, offset + part.n) - offset;
+        if (begin < end) segments.push_back({i, begin, end});
+        if (offset + part.n <= range_end) {
+          offset += part.n;
+          ++i;
+        } else {
+          break;  // the part goes on in the next range
+        }
+      }
+    }
+    range_starts.push_back(static_cast<int64_t>(segments.size()));
+  }
+  // One LRU stamp per table for the whole call, as a Lookup takes one.
+  for (int64_t i = 0; i < num_parts; ++i)
+    if (parts[i].n > 0 && parts[i].table->cache) stamps[i] = parts[i].table->cache->NextStamp();
+  thread_local std::vector<EmbeddingCache::PositionMisses> this_thread_segment_misses;
+  std::vector<EmbeddingCache::PositionMisses>& segment_misses = this_thread_segment_misses;
+  if (segment_misses.size() < segments.size()) segment_misses.resize(segments.size());
+  if (total > 0) parallel_for(ranges, kRangeCost, [&](int64_t first_range, int64_t end_range) {
+    for (int64_t s = range_starts[first_range]; s < range_starts[end_range]; ++s) {
+      const Segment& seg = segments[s];
+      const LookupPart& part = parts[seg.part];
+      EmbeddingCache::PositionMisses& misses = segment_misses[s];
+      misses.Clear();
+      const bool stream =
+          static_cast<size_t>(part.n) * part.table->dim * sizeof(float) >= kStreamOutputBytes;
+      part.table->cache->QueryPositions(part.keys, seg.begin, seg.end, part.out, stamps[seg.part], &misses, stream);
+    }
+  });
+  // Each table's misses, its segments' put together, through its databases:
+  // the tables on the pool, each on one worker, when several have misses
+  // (else the one table's fetch is split over the pool, as in Lookup).
+  std::vector<int64_t> first_segment(num_parts + 1, static_cast<int64_t>(segments.size()));
+  for (int64_t s = static_cast<int64_t>(segments.size()) - 1; s >= 0; --s) first_segment[segments[s].part] = s;
+  for (int64_t i = num_parts - 1; i >= 0; --i) first_segment[i] = std::min(first_segment[i], first_segment[i + 1]);
+  std::vector<int64_t> below;  // parts with work below L1
+  int64_t below_positions = 0;   // what they missed (every position of a table without L1)
+  for (int64_t i = 0; i < num_parts; ++i) {
+    if (parts[i].n <= 0) continue;
+    int64_t missed = parts[i].table->cache ? 0 : parts[i].n;
+    for (int64_t s = first_segment[i]; s < first_segment[i + 1]; ++s)
+      missed += static_cast<int64_t>(segment_misses[s].positions.size());
+    if (missed > 0) {
+      below.push_back(i);
+      below_positions += missed;
+    } else {
+      parts[i].table->stats.l1_hits.fetch_add(parts[i].n, std::memory_order_relaxed);
+    }
+  }
+  auto resolve = [&](int64_t i, const ParallelFor& inner) {
+    const LookupPart& part = parts[i];
+    if (!part.table->cache) {
+      LookupDatabases(*part.table, part.keys, part.n, part.out, inner);
+      return;
+    }
+    thread_local EmbeddingCache::PositionMisses this_thread_part_misses;
+    EmbeddingCache::PositionMisses& merged = this_thread_part_misses;
+    merged.Clear();
+    for (int64_t s = first_segment[i]; s < first_segment[i + 1]; ++s) {
+      const EmbeddingCache::PositionMisses& m = segment_misses[s];
+      const int64_t offset = static_cast<int64_t>(merged.keys.size());
+      merged.keys.insert(merged.keys.end(), m.keys.begin(), m.keys.end());
+      merged.positions.insert(merged.positions.end(), m.positions.begin(), m.positions.end());
+      for (int64_t k : m.key_of) merged.key_of.push_back(offset + k);
+      merged.distinct += m.distinct;
+    }
+    ResolveMisses(*part.table, part.n, part.out, merged, stamps[i], inner);
+  };
+  // (Tables of a few misses each cost less than waking a worker.)
+  if (below.size() >= 2 && below_positions >= kMinPositionsPerFusedRange / 8) {
+    // A failure on a worker is rethrown here, on the caller's thread.
+    std::mutex failure_mutex;
+    std::exception_ptr failure;
+    parallel_for(static_cast<int64_t>(below.size()), kRangeCost, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        try {
+          resolve(below[k], SerialFor);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(failure_mutex);
+          if (!failure) failure = std::current_exception();
+        }
+      }
+    });
+    if (failure) std::rethrow_exception(failure);
+  } else {
+    for (int64_t i : below) resolve(i, parallel_for);
+  }
+  const int64_t micros =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
+  for (const LookupPart& part : parts)
+    if (part.n > 0) part.table->stats.RecordLatency(micros);
+}
+
 void ParameterServer::LookupThroughCache(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
                                          const ParallelFor& parallel_for) const {
-  const int64_t dim = table.dim;
-  const size_t row_bytes = dim * sizeof(float);
+  const size_t row_bytes = table.dim * sizeof(float);
   EmbeddingCache& cache = *table.cache;
   // One LRU stamp for the whole batch: its misses, inserted below, are as
   // recent as its hits, so they never evict the rows this batch just used.
@@ -319,6 +464,14 @@ void ParameterServer::LookupThroughCache(const EmbeddingTable& table, const int6
     for (int64_t k : range_misses.key_of) misses.key_of.push_back(offset + k);
     misses.distinct += range_misses.distinct;
   });
+  ResolveMisses(table, n, out, misses, stamp, parallel_for);
+}
+
+void ParameterServer::ResolveMisses(const EmbeddingTable& table, int64_t n, float* out,
+                                    const EmbeddingCache::PositionMisses& misses, uint64_t stamp,
+                                    const ParallelFor& parallel_for) const {
+  const int64_t dim = table.dim;
+  const size_t row_bytes = dim * sizeof(float);
   const int64_t missed_positions = static_cast<int64_t>(misses.positions.size());
   table.stats.l1_hits.fetch_add(n - missed_positions, std::memory_order_relaxed);
   if (missed_positions == 0) return;
@@ -330,18 +483,18 @@ void ParameterServer::LookupThroughCache(const EmbeddingTable& table, const int6
   Dedup(misses.keys.data(), static_cast<int64_t>(misses.keys.size()), &unique);
   const int64_t m = static_cast<int64_t>(unique.keys.size());
   table.stats.missed_keys.fetch_add(m, std::memory_order_relaxed);
-  std::vector<float> fetched(m * dim);
+  std::unique_ptr<float[]> fetched(new float[m * dim]);  // every row is written below
   std::vector<char> found(m, 0);
   const uint64_t epoch_seen = table.update_epoch.load(std::memory_order_acquire);
-  FetchFromDatabases(table, unique.keys.data(), m, fetched.data(), &found, parallel_for);
+  FetchFromDatabases(table, unique.keys.data(), m, fetched.get(), &found, parallel_for);
   for (int64_t p = 0; p < missed_positions; ++p)
-    std::memcpy(out + misses.positions[p] * dim, fetched.data() + unique.index[misses.key_of[p]] * dim, row_bytes);
+    std::memcpy(out + misses.positions[p] * dim, fetched.get() + unique.index[misses.key_of[p]] * dim, row_bytes);
   std::vector<int64_t> insert_keys;
   std::vector<float> insert_rows;
   for (int64_t j = 0; j < m; ++j) {
     if (!found[j]) continue;  // defaults are never cached
     insert_keys.push_back(unique.keys[j]);
-    insert_rows.insert(insert_rows.end(), fetched.data() + j * dim, fetched.data() + (j + 1) * dim);
+    insert_rows.insert(insert_rows.end(), fetched.get() + j * dim, fetched.get() + (j + 1) * dim);
   }
   // The batch's hit rate over its distinct keys (per range: a key two ranges
   // asked for counts in both).
@@ -358,12 +511,12 @@ void ParameterServer::LookupDatabases(const EmbeddingTable& table, const int64_t
   Dedup(keys, n, &unique);
   const int64_t u = static_cast<int64_t>(unique.keys.size());
   table.stats.missed_keys.fetch_add(u, std::memory_order_relaxed);
-  std::vector<float> fetched(u * dim);
+  std::unique_ptr<float[]> fetched(new float[u * dim]);  // every row is written below
   std::vector<char> found(u, 0);
-  FetchFromDatabases(table, unique.keys.data(), u, fetched.data(), &found, parallel_for);
+  FetchFromDatabases(table, unique.keys.data(), u, fetched.get(), &found, parallel_for);
   parallel_for(n, 10 + dim / 4, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
-      std::memcpy(out + i * dim, fetched.data() + unique.index[i] * dim, row_bytes);
+      std::memcpy(out + i * dim, fetched.get() + unique.index[i] * dim, row_bytes);
   });
 }
 
@@ -409,9 +562,21 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
       continue;
     }
     const int64_t p = static_cast<int64_t>(pending.size());
-    std::vector<int64_t> tier_keys(p);
-    for (int64_t j = 0; j < p; ++j) tier_keys[j] = keys[pending[j]];
-    std::vector<float> tier_rows(p * dim);
+    // While every key is pending (the first tier asked), pending is 0..m-1:
+    // the tier writes straight into rows; a later tier into a buffer of its
+    // keys' rows. (Rows of keys a tier lacks are written by the next tier or
+    // the default.)
+    const bool direct = p == m;
+    const int64_t* tier_keys = keys;
+    std::vector<int64_t> tier_key_buffer;
+    std::unique_ptr<float[]> tier_row_buffer;
+    if (!direct) {
+      tier_key_buffer.resize(p);
+      for (int64_t j = 0; j < p; ++j) tier_key_buffer[j] = keys[pending[j]];
+      tier_keys = tier_key_buffer.data();
+      tier_row_buffer.reset(new float[p * dim]);
+    }
+    float* const tier_rows = direct ? rows : tier_row_buffer.get();
     std::vector<int64_t> still_missing;  // positions into pending
     try {
       // Shards of at least the tier's minimum, each on its own task; a
@@ -422,8 +587,7 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
         const int64_t begin = p * shard / shards, end = p * (shard + 1) / shards;
         try {
           std::vector<int64_t> absent;
-          tier->Fetch(table.tag, end - begin, tier_keys.data() + begin, tier_rows.data() + begin * dim, dim,
-                      &absent);
+          tier->Fetch(table.tag, end - begin, tier_keys + begin, tier_rows + begin * dim, dim, &absent);
           std::lock_guard<std::mutex> lock(merge_mutex);
           for (int64_t j : absent) still_missing.push_back(begin + j);
         } catch (...) {
@@ -463,11 +627,11 @@ void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int6
         next_pending.push_back(pending[j]);
         continue;
       }
-      std::memcpy(rows + pending[j] * dim, tier_rows.data() + j * dim, row_bytes);
+      if (!direct) std::memcpy(rows + pending[j] * dim, tier_rows + j * dim, row_bytes);
       (*found)[pending[j]] = 1;
       if (write_back) {
         found_keys.push_back(tier_keys[j]);
-        found_rows.insert(found_rows.end(), tier_rows.data() + j * dim, tier_rows.data() + (j + 1) * dim);
+        found_rows.insert(found_rows.end(), tier_rows + j * dim, tier_rows + (j + 1) * dim);
       }
     }
     // cache_missed_embeddings: rows only the PDB held move up into the VDB, unless an online update
@@ -551,7 +715,7 @@ std::string ParameterServer::StatsJson() const {
         return std::string("\"") + name + "\": " + std::to_string(v.load(std::memory_order_relaxed));
       };
       json += (json.empty() ? "" : ", ") + ("\"" + t->tag + "\": {") + field("lookups", c.lookups) + ", " +
-              field("keys", c.keys) + ", " + field("missed_keys", c.missed_keys) + ", " +
+              field("fused_lookups", c.fused_lookups) + ", " + field("keys", c.keys) + ", " + field("missed_keys", c.missed_keys) + ", " +
               field("l1_hits", c.l1_hits) + ", " + field("vdb_hits", c.vdb_hits) + ", " +
               field("pdb_hits", c.pdb_hits) + ", " + field("defaults", c.defaults) + ", " +
               field("vdb_errors", c.vdb_errors) + ", " + field("vdb_skipped", c.vdb_skipped) + ", " +

@@ -47,6 +47,7 @@ void SerialFor(int64_t total, int64_t cost_per_unit, const std::function<void(in
 // Counters of one table, updated by every lookup (relaxed atomics).
 struct TableStats {
   std::atomic<int64_t> lookups{0};      // calls
+  std::atomic<int64_t> fused_lookups{0};  // of those, calls in one pass with other tables (LookupMany, fused)
   std::atomic<int64_t> keys{0};         // keys asked for, duplicates included
   std::atomic<int64_t> l1_hits{0};      // of those, answered by L1
   // Below L1 each distinct key of a batch is looked up once:
@@ -107,6 +108,7 @@ struct EmbeddingTable {
   float default_value = 0.0f;
   int64_t num_rows = 0;                   // rows loaded from the table files
   int64_t max_keys_per_call = 0;          // max_batch_size x maxnum_catfeature_query_per_table_per_sample
+  bool fused = false;  // fuse_embedding_table, top level and the model's: LookupMany takes one pass
   mutable std::atomic<bool> warned_oversized{false};  // a call above max_keys_per_call was logged
   bool gpu_config = false;                // gpucache on: the config meant L1 for a GPU
   mutable std::atomic<bool> noted_on_cpu{false};      // "no GPU: L1 on CPU" was logged
@@ -184,6 +186,20 @@ class ParameterServer {
   void Lookup(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
               const ParallelFor& parallel_for) const;
 
+  // One lookup of each part (several tables of a model, or one table twice),
+  // with results equal to a Lookup of each. Where the tables are fused
+  // (EmbeddingTable::fused) the L1 probes of every part are one pass over
+  // the pool, split by position across tables, and then each table's misses
+  // go through its databases; else the parts are looked up one after another.
+  // No thread waits for another caller. Thread-safe.
+  struct LookupPart {
+    const EmbeddingTable* table;
+    const int64_t* keys;  // (n) host
+    int64_t n;
+    float* out;           // (n, table->dim) host
+  };
+  void LookupMany(const std::vector<LookupPart>& parts, const ParallelFor& parallel_for) const;
+
   // The tiers below L1, for callers that keep their own L1 (the GPU cache):
   // looks distinct keys (m) up in the VDB, then the PDB, writing rows
   // (m, dim) and found[i] = 1 for each key some tier held; the others get
@@ -211,6 +227,13 @@ class ParameterServer {
   // Lookup with L1: the cache for every position, the databases for the keys it missed.
   void LookupThroughCache(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
                           const ParallelFor& parallel_for) const;
+  // Counts a call of n keys (and warns once about one above max_keys_per_call).
+  void CountLookup(const EmbeddingTable& table, int64_t n) const;
+  // After L1: the rows of the positions it missed (n positions queried, the
+  // batch's LRU stamp), from the databases or the default, and their
+  // insertion into the cache.
+  void ResolveMisses(const EmbeddingTable& table, int64_t n, float* out, const EmbeddingCache::PositionMisses& misses,
+                     uint64_t stamp, const ParallelFor& parallel_for) const;
   // Lookup without L1: each distinct key from the databases.
   void LookupDatabases(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
                        const ParallelFor& parallel_for) const;

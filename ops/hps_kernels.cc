@@ -3,6 +3,7 @@
 // (HpsError) become absl::Status here, and so tf.errors.* in Python.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -149,6 +150,8 @@ class TableBinding {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("table_id", &table_id_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("emb_vec_size", &emb_vec_size_));
   }
+  TableBinding(std::string model_name, int64_t table_id, int64_t emb_vec_size)
+      : model_name_(std::move(model_name)), table_id_(table_id), emb_vec_size_(emb_vec_size) {}
 
   int64_t emb_vec_size() const { return emb_vec_size_; }
 
@@ -230,6 +233,69 @@ class LookupOp : public OpKernel {
 
  private:
   TableBinding binding_;
+};
+
+// TfHpsFusedLookup: one TfHpsLookup of each keys tensor, through ParameterServer::LookupMany.
+template <typename K>
+class FusedLookupOp : public OpKernel {
+ public:
+  explicit FusedLookupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string model_name;
+    std::vector<int64_t> table_ids, dims;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("model_name", &model_name));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("table_ids", &table_ids));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("emb_vec_sizes", &dims));
+    int64_t n = 0;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n));
+    OP_REQUIRES(ctx, static_cast<int64_t>(table_ids.size()) == n && static_cast<int64_t>(dims.size()) == n,
+                absl::InvalidArgumentError(
+                    "TfHpsFusedLookup: table_ids and emb_vec_sizes need one entry per keys tensor (" +
+                    std::to_string(n) + "), got " + std::to_string(table_ids.size()) + " and " +
+                    std::to_string(dims.size())));
+    for (size_t i = 0; i < table_ids.size(); ++i)
+      bindings_.push_back(std::make_unique<TableBinding>(model_name, table_ids[i], dims[i]));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int64_t n = static_cast<int64_t>(bindings_.size());
+    OP_REQUIRES(ctx, ctx->num_inputs() == n + 1,
+                absl::InvalidArgumentError("TfHpsFusedLookup needs one keys tensor per table"));
+    const Tensor& handle = ctx->input(n);
+    OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(handle.shape()),
+                absl::InvalidArgumentError("ps_handle must be a scalar string"));
+    RunKernelGuarded(ctx, [&] {
+      std::shared_ptr<const ParameterServer> server;
+      std::vector<ParameterServer::LookupPart> parts;
+      parts.reserve(n);
+      // int32 keys widened, one buffer per table (KeysAsInt64's is one per thread).
+      std::vector<std::vector<int64_t>> widened(std::is_same_v<K, int64_t> ? 0 : n);
+      for (int64_t i = 0; i < n; ++i) {
+        const EmbeddingTable* table = nullptr;
+        bindings_[i]->Resolve(handle.scalar<tensorflow::tstring>()(), std::is_same_v<K, int64_t>, &server, &table);
+        const Tensor& keys = ctx->input(i);
+        TensorShape out_shape = keys.shape();
+        OP_REQUIRES_OK(ctx, out_shape.AddDimWithStatus(bindings_[i]->emb_vec_size()));
+        Tensor* out = nullptr;
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(i, out_shape, &out));
+        const int64_t count = keys.NumElements();
+        if (count == 0) continue;
+        server->NoteServedOnCpu(*table);
+        const int64_t* wide = nullptr;
+        if constexpr (std::is_same_v<K, int64_t>) {
+          wide = keys.flat<int64_t>().data();
+        } else {
+          const K* raw = keys.flat<K>().data();
+          widened[i].assign(raw, raw + count);
+          wide = widened[i].data();
+        }
+        parts.push_back({table, wide, count, out->flat<float>().data()});
+      }
+      if (!parts.empty()) server->LookupMany(parts, WorkerPool(ctx));
+    });
+  }
+
+ private:
+  std::vector<std::unique_ptr<TableBinding>> bindings_;
 };
 
 // float32 -> the output dtype, rounding to nearest even.
@@ -481,6 +547,12 @@ REGISTER_KERNEL_BUILDER(
 REGISTER_KERNEL_BUILDER(
     Name("TfHpsLookup").Device(::tensorflow::DEVICE_CPU).TypeConstraint<int64_t>("Tkeys"),
     LookupOp<int64_t>);
+REGISTER_KERNEL_BUILDER(
+    Name("TfHpsFusedLookup").Device(::tensorflow::DEVICE_CPU).TypeConstraint<int32_t>("Tkeys"),
+    FusedLookupOp<int32_t>);
+REGISTER_KERNEL_BUILDER(
+    Name("TfHpsFusedLookup").Device(::tensorflow::DEVICE_CPU).TypeConstraint<int64_t>("Tkeys"),
+    FusedLookupOp<int64_t>);
 
 #define TF_HPS_REGISTER_SPARSE_LOOKUP(K, S, T)                                        \
   REGISTER_KERNEL_BUILDER(Name("TfHpsSparseLookup")                                   \

@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "base/log.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
@@ -101,6 +102,45 @@ Looks up embedding rows: every key of any shape gets its table row (or the table
 
 keys: int32 or int64 keys, any shape.
 embeddings: float32, keys.shape + [emb_vec_size].
+)doc");
+
+REGISTER_OP("TfHpsFusedLookup")
+    .Input("keys: N * Tkeys")
+    .Input("ps_handle: string")
+    .Output("embeddings: N * float")
+    .Attr("model_name: string")
+    .Attr("table_ids: list(int) >= 1")
+    .Attr("emb_vec_sizes: list(int) >= 1")
+    .Attr("N: int >= 1")
+    .Attr("Tkeys: {int32, int64}")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle unused, out;
+      int64_t n = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(n), 0, &unused));
+      std::vector<int64_t> table_ids, dims;
+      TF_RETURN_IF_ERROR(c->GetAttr("table_ids", &table_ids));
+      TF_RETURN_IF_ERROR(c->GetAttr("emb_vec_sizes", &dims));
+      if (static_cast<int64_t>(table_ids.size()) != n || static_cast<int64_t>(dims.size()) != n)
+        return absl::InvalidArgumentError("TfHpsFusedLookup: table_ids and emb_vec_sizes need one entry per keys "
+                                          "tensor (" + std::to_string(n) + "), got " +
+                                          std::to_string(table_ids.size()) + " and " + std::to_string(dims.size()));
+      for (int64_t i = 0; i < n; ++i) {
+        if (table_ids[i] < 0 || dims[i] < 1)
+          return absl::InvalidArgumentError("TfHpsFusedLookup: table_ids must be >= 0 and emb_vec_sizes >= 1");
+        TF_RETURN_IF_ERROR(c->Concatenate(c->input(i), c->Vector(dims[i]), &out));
+        c->set_output(i, out);
+      }
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Looks up embedding rows of several tables of one model in one op: keys[i] of any shape gets the rows
+of table table_ids[i], as TfHpsLookup would. Where the config fuses the model's tables
+(fuse_embedding_table), the L1 probes of all of them are one pass.
+
+keys: int32 or int64 keys, any shape, one tensor per table.
+embeddings: float32, keys[i].shape + [emb_vec_sizes[i]].
 )doc");
 
 // TfHpsSparseLookup and TfHpsWeightedSparseLookup: keys and segment_ids (nnz), num_rows and

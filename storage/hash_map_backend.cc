@@ -68,6 +68,21 @@ class HashMapBackend::Partition {
     return slot < 0 ? -1 : static_cast<int64_t>(index_[slot]);
   }
 
+  // Fetch's pipeline, a few keys ahead of the key it copies: start loading
+  // the key's home slot; then, once that has arrived, the key and row it names.
+  void PrefetchSlot(uint64_t hash) const {
+    if (!index_.empty()) __builtin_prefetch(&index_[(hash >> 8) & mask_]);
+  }
+  void PrefetchRow(uint64_t hash) const {
+    if (index_.empty()) return;
+    const uint32_t row = index_[(hash >> 8) & mask_];
+    if (row == kEmptySlot) return;
+    const Page& page = PageOf(row);
+    __builtin_prefetch(&page.keys[row % kPageRows]);
+    const char* values = reinterpret_cast<const char*>(page.values.get() + (row % kPageRows) * dim_);
+    for (int64_t b = 0; b < dim_ * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(values + b);
+  }
+
   const float* Values(int64_t row) const { return PageOf(row).values.get() + (row % kPageRows) * dim_; }
   int64_t KeyAt(int64_t row) const { return PageOf(row).keys[row % kPageRows]; }
   uint32_t* Meta(int64_t row) { return &pages_[row / kPageRows].meta[row % kPageRows]; }
@@ -297,7 +312,17 @@ int64_t HashMapBackend::Fetch(const std::string& table, int64_t n, const int64_t
     if (groups.begin[p] == groups.begin[p + 1]) continue;
     Partition& part = *t->partitions[p];
     std::shared_lock<std::shared_mutex> lock(part.mutex);
-    for (int64_t j = groups.begin[p]; j < groups.begin[p + 1]; ++j) {
+    // Keys lie at random in memory: the slot of the key kAhead keys on, and
+    // the row of the key kAhead / 2 on, are loaded while this one is copied.
+    constexpr int64_t kAhead = 16;
+    const int64_t end = groups.begin[p + 1];
+    for (int64_t j = groups.begin[p]; j < std::min(end, groups.begin[p] + kAhead); ++j)
+      part.PrefetchSlot(groups.hash[groups.order[j]]);
+    for (int64_t j = groups.begin[p]; j < std::min(end, groups.begin[p] + kAhead / 2); ++j)
+      part.PrefetchRow(groups.hash[groups.order[j]]);
+    for (int64_t j = groups.begin[p]; j < end; ++j) {
+      if (j + kAhead < end) part.PrefetchSlot(groups.hash[groups.order[j + kAhead]]);
+      if (j + kAhead / 2 < end) part.PrefetchRow(groups.hash[groups.order[j + kAhead / 2]]);
       const int64_t i = groups.order[j];
       const int64_t row = part.Find(keys[i], groups.hash[i]);
       if (row < 0) continue;

@@ -25,6 +25,7 @@ _EXPORTS = {
     "stats": "tf_hps.api",
     "refresh_cache": "tf_hps.api",
     "LookupLayer": "tf_hps.layers",
+    "FusedLookupLayer": "tf_hps.layers",
     "SparseLookupLayer": "tf_hps.layers",
     "PsConfig": "tf_hps.config",
     "load_config": "tf_hps.config",

@@ -55,7 +55,9 @@ def Init(global_batch_size: int = 1, ps_config_file: str | os.PathLike = "") -> 
 def stats() -> dict[str, dict[str, int | list[int]]]:
     """Counters of every table served in this process, by table tag (``hps_et.<model>.<table>``).
 
-    Each holds ``lookups`` (calls), ``keys`` (duplicates included), ``l1_hits``
+    Each holds ``lookups`` (calls), ``fused_lookups`` (of those, calls looked up
+    in one pass with other tables: ``FusedLookupLayer`` under ``fuse_embedding_table``),
+    ``keys`` (duplicates included), ``l1_hits``
     (keys answered by L1), ``missed_keys`` (distinct keys of each batch that L1
     missed; each is then a ``vdb_hits``, a ``pdb_hits`` or one of the
     ``defaults``, keys no tier held), ``vdb_errors``

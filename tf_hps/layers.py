@@ -57,6 +57,16 @@ def _check_max_norm(max_norm):
     raise TypeError(f"max_norm must be None, a number or a float tensor, got {type(max_norm).__name__}")
 
 
+def _check_table_id(table_id, what: str) -> None:
+    if not isinstance(table_id, int) or isinstance(table_id, bool) or table_id < 0:
+        raise ValueError(f"{what} must be a non-negative int, got {table_id!r}")
+
+
+def _check_emb_vec_size(emb_vec_size, what: str) -> None:
+    if not isinstance(emb_vec_size, int) or isinstance(emb_vec_size, bool) or emb_vec_size < 1:
+        raise ValueError(f"{what} must be a positive int, got {emb_vec_size!r}")
+
+
 class _TableLayer(keras.layers.Layer):
     """What both layers share: the table they name, its config, the handle op."""
 
@@ -75,10 +85,8 @@ class _TableLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
-        if not isinstance(table_id, int) or isinstance(table_id, bool) or table_id < 0:
-            raise ValueError(f"table_id must be a non-negative int, got {table_id!r}")
-        if not isinstance(emb_vec_size, int) or isinstance(emb_vec_size, bool) or emb_vec_size < 1:
-            raise ValueError(f"emb_vec_size must be a positive int, got {emb_vec_size!r}")
+        _check_table_id(table_id, "table_id")
+        _check_emb_vec_size(emb_vec_size, "emb_vec_size")
         if not isinstance(global_batch_size, int) or global_batch_size < 1:
             raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}")
         self.model_name = model_name
@@ -115,18 +123,23 @@ class _TableLayer(keras.layers.Layer):
         # (inputs of unknown rank work, as tf.nn.embedding_lookup's do).
         self.built = True
 
+    def _tables(self) -> list[tuple[int, int]]:
+        """(table_id, emb_vec_size) of each table the layer looks up."""
+        return [(self.table_id, self.emb_vec_size)]
+
     def _check_table(self, config: PsConfig) -> None:
         model = config.model(self.model_name)
         tables = model["embedding_vecsize_per_table"]
-        if self.table_id >= len(tables):
-            raise ValueError(
-                f"table_id {self.table_id} is out of range: model {self.model_name!r} has {len(tables)} table(s)"
-            )
-        if tables[self.table_id] != self.emb_vec_size:
-            raise ValueError(
-                f"emb_vec_size {self.emb_vec_size} does not match table {self.table_id} of model "
-                f"{self.model_name!r}, whose embedding_vecsize_per_table is {tables[self.table_id]}"
-            )
+        for table_id, emb_vec_size in self._tables():
+            if table_id >= len(tables):
+                raise ValueError(
+                    f"table_id {table_id} is out of range: model {self.model_name!r} has {len(tables)} table(s)"
+                )
+            if tables[table_id] != emb_vec_size:
+                raise ValueError(
+                    f"emb_vec_size {emb_vec_size} does not match table {table_id} of model "
+                    f"{self.model_name!r}, whose embedding_vecsize_per_table is {tables[table_id]}"
+                )
 
     def _config(self) -> PsConfig | None:
         """The config the graph carries (docs/config.md): the file's, as hps.Init read it if it did; for a layer
@@ -232,6 +245,120 @@ class LookupLayer(_TableLayer):
 
     def compute_output_spec(self, ids, max_norm=None):
         return keras.KerasTensor(self.compute_output_shape(ids.shape), dtype=self.emb_vec_dtype.name)
+
+
+@keras.saving.register_keras_serializable(package="tf_hps")
+class FusedLookupLayer(_TableLayer):
+    """Looks up several tables of one model in one op: ``LookupLayer`` of each, in one call.
+
+    Args:
+        model_name: the ``model`` entry of the config.
+        table_ids: the tables, by index within that model (a table may be named
+            more than once).
+        emb_vec_sizes: each table's dimension (one int for all, or one per
+            table); must equal ``embedding_vecsize_per_table``.
+        emb_vec_dtype, ps_config_file, global_batch_size: as ``LookupLayer``'s.
+
+    ``call(ids)`` takes a list (or tuple) of int32 or int64 key tensors, one per
+    table in ``table_ids`` order, each of any shape and all of one dtype, and
+    returns the list of ``ids[i].shape + [emb_vec_sizes[i]]`` outputs, equal
+    to a ``LookupLayer`` of each table bit for bit.
+
+    Where the config sets ``fuse_embedding_table`` (top level, and not turned
+    off for the model), the L1 probes of all the tables are one pass over the
+    CPU workers, split by position across tables, and each table's misses
+    then go through its databases; the tables keep their own caches, so their
+    widths may differ and their keys may overlap. Without it the op looks the
+    tables up one after another. Either way no thread waits for another, and a
+    model with 26 tables runs 1 lookup op instead of 26. The op runs on the CPU
+    (a GPU model's ``LookupLayer`` runs on its GPU).
+
+    Example:
+        >>> layer = FusedLookupLayer("foo", [0, 1], 16, tf.float32, "ps_config.json")  # doctest: +SKIP
+        >>> a, b = layer([tf.constant([1, 2], tf.int64), tf.constant([[3]], tf.int64)])  # doctest: +SKIP
+        >>> a.shape, b.shape                                                            # doctest: +SKIP
+        (TensorShape([2, 16]), TensorShape([1, 1, 16]))
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        table_ids,
+        emb_vec_sizes,
+        emb_vec_dtype=tf.float32,
+        ps_config_file: str | os.PathLike = "",
+        global_batch_size: int = 1,
+        **kwargs,
+    ):
+        if isinstance(table_ids, (str, bytes)) or not hasattr(table_ids, "__iter__"):
+            raise ValueError(f"table_ids must be a list of table indices, got {table_ids!r}")
+        table_ids = list(table_ids)
+        if not table_ids:
+            raise ValueError("table_ids must name at least one table")
+        for t in table_ids:
+            _check_table_id(t, "each of table_ids")
+        if isinstance(emb_vec_sizes, int) and not isinstance(emb_vec_sizes, bool):
+            emb_vec_sizes = [emb_vec_sizes] * len(table_ids)
+        elif isinstance(emb_vec_sizes, (str, bytes)) or not hasattr(emb_vec_sizes, "__iter__"):
+            raise ValueError(f"emb_vec_sizes must be an int or a list of ints, got {emb_vec_sizes!r}")
+        emb_vec_sizes = list(emb_vec_sizes)
+        if len(emb_vec_sizes) != len(table_ids):
+            raise ValueError(
+                f"emb_vec_sizes has {len(emb_vec_sizes)} entries for {len(table_ids)} table_ids: give one per table "
+                "(or one int for all)"
+            )
+        for d in emb_vec_sizes:
+            _check_emb_vec_size(d, "each of emb_vec_sizes")
+        self.table_ids = table_ids
+        self.emb_vec_sizes = emb_vec_sizes
+        super().__init__(model_name, table_ids[0], emb_vec_sizes[0], emb_vec_dtype, ps_config_file,
+                         global_batch_size, **kwargs)
+
+    def _tables(self) -> list[tuple[int, int]]:
+        return list(zip(self.table_ids, self.emb_vec_sizes))
+
+    def call(self, ids):
+        if tf.is_tensor(ids) or not isinstance(ids, (list, tuple)):
+            raise TypeError(
+                f"FusedLookupLayer takes a list of {len(self.table_ids)} key tensors, one per table of table_ids, "
+                f"got {type(ids).__name__}"
+            )
+        if len(ids) != len(self.table_ids):
+            raise ValueError(
+                f"FusedLookupLayer got {len(ids)} key tensors for {len(self.table_ids)} tables "
+                f"(table_ids {self.table_ids}): give one per table"
+            )
+        ids = [tf.convert_to_tensor(i) for i in ids]
+        for i, keys in enumerate(ids):
+            _check_keys(keys, "FusedLookupLayer", f"ids[{i}]")
+        if len({k.dtype for k in ids}) != 1:
+            raise TypeError(
+                "FusedLookupLayer ids must all have one dtype, got "
+                + ", ".join(k.dtype.name for k in ids) + " (cast them to int64)"
+            )
+        outputs = ops().tf_hps_fused_lookup(
+            keys=ids,
+            ps_handle=self._handle(),
+            model_name=self.model_name,
+            table_ids=self.table_ids,
+            emb_vec_sizes=self.emb_vec_sizes,
+        )
+        if self.emb_vec_dtype != tf.float32:
+            outputs = [tf.cast(o, self.emb_vec_dtype) for o in outputs]
+        return list(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return [tuple(s) + (d,) for s, d in zip(input_shape, self.emb_vec_sizes)]
+
+    def compute_output_spec(self, ids):
+        return [keras.KerasTensor(tuple(i.shape) + (d,), dtype=self.emb_vec_dtype.name)
+                for i, d in zip(ids, self.emb_vec_sizes)]
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        del config["table_id"], config["emb_vec_size"]
+        config.update(table_ids=list(self.table_ids), emb_vec_sizes=list(self.emb_vec_sizes))
+        return config
 
 
 def _sparse_parts(sp, what: str):
