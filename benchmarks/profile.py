@@ -78,9 +78,18 @@ def categorize(frames: list[str]) -> str:
     for name, keys in TF:
         if any(k in sym for sym in frames for k in keys):
             return name
-    if frames and frames[0].startswith("[k]"):
+    leaf = frames[0] if frames else ""
+    if leaf.startswith("[k]"):
         return "kernel (scheduling, page faults)"
-    return "TF runtime, Python, other"
+    if "libpython" in leaf or "(/usr/bin/python" in leaf or "python3" in leaf.split("(")[-1]:
+        return "Python (the call loop, tf.function dispatch)"
+    if "libtensorflow" in leaf or "_pywrap_tensorflow" in leaf:
+        return "TF runtime and other TF kernels"
+    if "[unknown]" in leaf:
+        return "JIT code (oneDNN matmuls) and frames without symbols"
+    if "libc.so" in leaf or "libstdc++" in leaf:
+        return "libc (memcpy, malloc) outside our op"
+    return "other"
 
 
 def samples_by_category(data: str) -> collections.Counter:
@@ -96,7 +105,7 @@ def samples_by_category(data: str) -> collections.Counter:
             frames = []
             continue
         parts = line.split(None, 1)
-        sym = parts[1] if len(parts) > 1 else ""
+        sym = parts[1] if len(parts) > 1 else ""  # "symbol (dso)"
         if "[kernel.kallsyms]" in sym and not frames:
             sym = "[k]" + sym
         frames.append(sym)
@@ -137,7 +146,9 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cats = [c for c, _ in OURS] + ["tf_hps: op glue (outputs, handles, key widening)"] + [c for c, _ in TF] + [
-        "kernel (scheduling, page faults)", "TF runtime, Python, other"]
+        "JIT code (oneDNN matmuls) and frames without symbols", "libc (memcpy, malloc) outside our op",
+        "TF runtime and other TF kernels", "Python (the call loop, tf.function dispatch)",
+        "kernel (scheduling, page faults)", "other"]
     names = {"native": "native", "hps_fused": "fused", "hps": "per table"}
     print(f"DLRM-like model, D={args.dim}, scale {args.scale}, in RAM (L1 20 %); {os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d')}\n")

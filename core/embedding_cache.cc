@@ -138,6 +138,12 @@ inline void EmbeddingCache::CopyRow(float* dest, const float* source, bool strea
     for (int64_t k = 0; k < dim_; k += 4) _mm_stream_ps(dest + k, _mm_loadu_ps(source + k));
     return;
   }
+  // Short rows (most embedding widths): copied inline, not by a call to
+  // memcpy per position.
+  if (row_bytes_ % 16 == 0 && row_bytes_ <= 256) {
+    for (int64_t k = 0; k < dim_; k += 4) _mm_storeu_ps(dest + k, _mm_loadu_ps(source + k));
+    return;
+  }
 #endif
   std::memcpy(dest, source, row_bytes_);
 }

@@ -96,6 +96,29 @@ def test_fusion_is_off_unless_the_top_level_switch_is_on(tables):
     assert hps.stats()[table_tag("top_off", "sparse_embedding0")]["lookups"] == 1
 
 
+@pytest.mark.parametrize("dtype", [tf.int32, tf.int64])
+def test_one_tensor_with_a_column_per_table(tables, dtype):
+    """A (batch, N) categorical input, as DLRM models take theirs: column i is table i's keys; eager, traced,
+    and in a Keras model."""
+    path = _config(tables, f"columns{dtype.name}")
+    layer = hps.FusedLookupLayer(f"columns{dtype.name}", [0, 1, 2, 3], list(DIMS), tf.float32, path)
+    rng = np.random.default_rng(5)
+    ids = np.stack([_ids(rng, t, (6, 5)) for t in range(4)], axis=-1)  # (6, 5, 4)
+    want = [_want(tables, t, ids[..., t]) for t in range(4)]
+    for got in (layer(tf.constant(ids, dtype)), tf.function(layer)(tf.constant(ids, dtype))):
+        for t in range(4):
+            assert got[t].shape == (6, 5, DIMS[t])
+            np.testing.assert_array_equal(got[t].numpy(), want[t])
+    inp = keras.Input(shape=(5, 4), dtype=dtype.name)
+    model = keras.Model(inp, layer(inp))
+    for t, got in enumerate(model(tf.constant(ids, dtype))):
+        np.testing.assert_array_equal(got.numpy(), want[t])
+    # A last dimension unknown when traced: checked when it runs.
+    traced = tf.function(layer, input_signature=[tf.TensorSpec([None, None], dtype)])
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        traced(tf.constant([[1, 2, 3]], dtype))
+
+
 def test_a_table_twice_and_tables_in_any_order(tables):
     path = _config(tables, "order")
     layer = hps.FusedLookupLayer("order", [3, 1, 3, 0], [7, 16, 7, 4], tf.float32, path)
@@ -140,8 +163,12 @@ def test_bad_arguments_name_the_problem(tables):
     layer = hps.FusedLookupLayer("bad", [0, 1], [4, 16], tf.float32, path)
     with pytest.raises(ValueError, match="got 1 key tensors for 2 tables"):
         layer([tf.constant([1])])
+    with pytest.raises(ValueError, match=r"last dimension must have one column per table \(2"):
+        layer(tf.constant([[1, 2, 3]]))
+    with pytest.raises(ValueError, match="last dimension must have one column per table"):
+        layer(tf.constant(1))
     with pytest.raises(TypeError, match="takes a list of 2 key tensors"):
-        layer(tf.constant([1, 2]))
+        layer({"a": tf.constant([1])})
     with pytest.raises(TypeError, match="must all have one dtype"):
         layer([tf.constant([1], tf.int32), tf.constant([1], tf.int64)])
     with pytest.raises(TypeError, match=r"ids\[1\] must be int32 or int64"):

@@ -262,7 +262,10 @@ class FusedLookupLayer(_TableLayer):
     ``call(ids)`` takes a list (or tuple) of int32 or int64 key tensors, one per
     table in ``table_ids`` order, each of any shape and all of one dtype, and
     returns the list of ``ids[i].shape + [emb_vec_sizes[i]]`` outputs, equal
-    to a ``LookupLayer`` of each table bit for bit.
+    to a ``LookupLayer`` of each table bit for bit. It also takes one tensor
+    whose last dimension has a column per table (a model's ``(batch, N)``
+    categorical input); output ``i`` then looks up column ``i``, of shape
+    ``ids.shape[:-1] + [emb_vec_sizes[i]]``.
 
     Where the config sets ``fuse_embedding_table`` (top level, and not turned
     off for the model), the L1 probes of all the tables are one pass over the
@@ -318,10 +321,23 @@ class FusedLookupLayer(_TableLayer):
         return list(zip(self.table_ids, self.emb_vec_sizes))
 
     def call(self, ids):
-        if tf.is_tensor(ids) or not isinstance(ids, (list, tuple)):
+        n = len(self.table_ids)
+        if tf.is_tensor(ids) or isinstance(ids, tf.Variable):
+            # One tensor, a column per table in its last dimension (a model's (batch, N) categorical input):
+            # one unstack instead of N slices.
+            ids = tf.convert_to_tensor(ids)
+            _check_keys(ids, "FusedLookupLayer", "ids")
+            last = ids.shape[-1] if ids.shape.rank not in (None, 0) else None
+            if ids.shape.rank == 0 or (last is not None and last != n):
+                raise ValueError(
+                    f"FusedLookupLayer got one ids tensor of shape {ids.shape}: its last dimension must have one "
+                    f"column per table ({n}, table_ids {self.table_ids}), or pass a list of {n} key tensors"
+                )
+            ids = tf.unstack(ids, num=n, axis=-1)
+        if not isinstance(ids, (list, tuple)):
             raise TypeError(
-                f"FusedLookupLayer takes a list of {len(self.table_ids)} key tensors, one per table of table_ids, "
-                f"got {type(ids).__name__}"
+                f"FusedLookupLayer takes a list of {n} key tensors, one per table of table_ids, or one tensor "
+                f"with a column per table in its last dimension, got {type(ids).__name__}"
             )
         if len(ids) != len(self.table_ids):
             raise ValueError(
@@ -348,9 +364,14 @@ class FusedLookupLayer(_TableLayer):
         return list(outputs)
 
     def compute_output_shape(self, input_shape):
+        if input_shape and not isinstance(input_shape[0], (list, tuple)):  # one tensor, a column per table
+            return [tuple(input_shape[:-1]) + (d,) for d in self.emb_vec_sizes]
         return [tuple(s) + (d,) for s, d in zip(input_shape, self.emb_vec_sizes)]
 
     def compute_output_spec(self, ids):
+        if not isinstance(ids, (list, tuple)):
+            return [keras.KerasTensor(tuple(ids.shape[:-1]) + (d,), dtype=self.emb_vec_dtype.name)
+                    for d in self.emb_vec_sizes]
         return [keras.KerasTensor(tuple(i.shape) + (d,), dtype=self.emb_vec_dtype.name)
                 for i, d in zip(ids, self.emb_vec_sizes)]
 
