@@ -372,16 +372,20 @@ void ParameterServer::LookupMany(const std::vector<LookupPart>& parts, const Par
   std::vector<int64_t> first_segment(num_parts + 1, static_cast<int64_t>(segments.size()));
   for (int64_t s = static_cast<int64_t>(segments.size()) - 1; s >= 0; --s) first_segment[segments[s].part] = s;
   for (int64_t i = num_parts - 1; i >= 0; --i) first_segment[i] = std::min(first_segment[i], first_segment[i + 1]);
-  std::vector<int64_t> below;  // parts with work below L1
-  int64_t below_positions = 0;   // what they missed (every position of a table without L1)
+  // Parts with work below L1: small ones (each on one worker), and large
+  // ones, whose fetches are split over the pool as in Lookup.
+  std::vector<int64_t> small, large;
+  int64_t small_positions = 0;  // what the small ones missed (every position of a table without L1)
   for (int64_t i = 0; i < num_parts; ++i) {
     if (parts[i].n <= 0) continue;
     int64_t missed = parts[i].table->cache ? 0 : parts[i].n;
     for (int64_t s = first_segment[i]; s < first_segment[i + 1]; ++s)
       missed += static_cast<int64_t>(segment_misses[s].positions.size());
-    if (missed > 0) {
-      below.push_back(i);
-      below_positions += missed;
+    if (missed >= kMinPositionsPerRange) {
+      large.push_back(i);
+    } else if (missed > 0) {
+      small.push_back(i);
+      small_positions += missed;
     } else {
       parts[i].table->stats.l1_hits.fetch_add(parts[i].n, std::memory_order_relaxed);
     }
@@ -406,14 +410,14 @@ void ParameterServer::LookupMany(const std::vector<LookupPart>& parts, const Par
     ResolveMisses(*part.table, part.n, part.out, merged, stamps[i], inner);
   };
   // (Tables of a few misses each cost less than waking a worker.)
-  if (below.size() >= 2 && below_positions >= kMinPositionsPerFusedRange / 8) {
+  if (small.size() >= 2 && small_positions >= kMinPositionsPerFusedRange / 8) {
     // A failure on a worker is rethrown here, on the caller's thread.
     std::mutex failure_mutex;
     std::exception_ptr failure;
-    parallel_for(static_cast<int64_t>(below.size()), kRangeCost, [&](int64_t begin, int64_t end) {
+    parallel_for(static_cast<int64_t>(small.size()), kRangeCost, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         try {
-          resolve(below[k], SerialFor);
+          resolve(small[k], SerialFor);
         } catch (...) {
           std::lock_guard<std::mutex> lock(failure_mutex);
           if (!failure) failure = std::current_exception();
@@ -422,8 +426,9 @@ void ParameterServer::LookupMany(const std::vector<LookupPart>& parts, const Par
     });
     if (failure) std::rethrow_exception(failure);
   } else {
-    for (int64_t i : below) resolve(i, parallel_for);
+    for (int64_t i : small) resolve(i, parallel_for);
   }
+  for (int64_t i : large) resolve(i, parallel_for);
   const int64_t micros =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
   for (const LookupPart& part : parts)

@@ -163,10 +163,22 @@ def test_bad_arguments_name_the_problem(tables):
     layer = hps.FusedLookupLayer("bad", [0, 1], [4, 16], tf.float32, path)
     with pytest.raises(ValueError, match="got 1 key tensors for 2 tables"):
         layer([tf.constant([1])])
-    with pytest.raises(ValueError, match=r"last dimension must have one column per table \(2"):
+    with pytest.raises(ValueError, match=r"one column per table \(2"):
         layer(tf.constant([[1, 2, 3]]))
-    with pytest.raises(ValueError, match="last dimension must have one column per table"):
+    with pytest.raises(ValueError, match="needs rank >= 2"):
         layer(tf.constant(1))
+    with pytest.raises(ValueError, match="needs rank >= 2"):  # (2,): two keys or one sample? Refused.
+        layer(tf.constant([1, 2]))
+    # The same checks when Keras builds a model on symbolic inputs, not only when it runs.
+    with pytest.raises(ValueError, match=r"one column per table \(2"):
+        layer(keras.Input(shape=(3,), dtype="int64"))
+    with pytest.raises(ValueError, match="got 1 key tensors for 2 tables"):
+        layer([keras.Input(shape=(1,), dtype="int64")])
+    with pytest.raises(TypeError, match="must be int32 or int64"):
+        layer(keras.Input(shape=(2,), dtype="float32"))
+    assert layer.compute_output_shape((None, 2)) == [(None, 4), (None, 16)]
+    assert layer.compute_output_shape([(None, 3), (5,)]) == [(None, 3, 4), (5, 16)]
+    assert layer.compute_output_shape([tf.TensorShape([None, 3]), tf.TensorShape([5])]) == [(None, 3, 4), (5, 16)]
     with pytest.raises(TypeError, match="takes a list of 2 key tensors"):
         layer({"a": tf.constant([1])})
     with pytest.raises(TypeError, match="must all have one dtype"):

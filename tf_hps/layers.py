@@ -7,6 +7,7 @@ import numbers
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_hps import _tf_order, api
@@ -320,38 +321,61 @@ class FusedLookupLayer(_TableLayer):
     def _tables(self) -> list[tuple[int, int]]:
         return list(zip(self.table_ids, self.emb_vec_sizes))
 
-    def call(self, ids):
+    def _check_ids(self, ids) -> bool:
+        """Checks call's ids (tensors or Keras's symbolic ones); True for one tensor with a column per table."""
         n = len(self.table_ids)
-        if tf.is_tensor(ids) or isinstance(ids, tf.Variable):
-            # One tensor, a column per table in its last dimension (a model's (batch, N) categorical input):
-            # one unstack instead of N slices.
-            ids = tf.convert_to_tensor(ids)
-            _check_keys(ids, "FusedLookupLayer", "ids")
-            last = ids.shape[-1] if ids.shape.rank not in (None, 0) else None
-            if ids.shape.rank == 0 or (last is not None and last != n):
+        if isinstance(ids, (list, tuple)):
+            if len(ids) != n:
                 raise ValueError(
-                    f"FusedLookupLayer got one ids tensor of shape {ids.shape}: its last dimension must have one "
-                    f"column per table ({n}, table_ids {self.table_ids}), or pass a list of {n} key tensors"
+                    f"FusedLookupLayer got {len(ids)} key tensors for {n} tables (table_ids {self.table_ids}): "
+                    "give one per table"
                 )
-            ids = tf.unstack(ids, num=n, axis=-1)
-        if not isinstance(ids, (list, tuple)):
+            dtypes = []
+            for i, keys in enumerate(ids):
+                dtype = tf.as_dtype(keys.dtype)
+                if dtype not in _KEY_DTYPES:
+                    raise TypeError(
+                        f"FusedLookupLayer ids[{i}] must be int32 or int64, got {dtype.name} "
+                        "(for a Keras input use keras.Input(..., dtype='int64'))"
+                    )
+                dtypes.append(dtype)
+            if len(set(dtypes)) != 1:
+                raise TypeError(
+                    "FusedLookupLayer ids must all have one dtype, got " + ", ".join(d.name for d in dtypes)
+                    + " (cast them to int64)"
+                )
+            return False
+        if not hasattr(ids, "shape") or not hasattr(ids, "dtype"):
             raise TypeError(
                 f"FusedLookupLayer takes a list of {n} key tensors, one per table of table_ids, or one tensor "
                 f"with a column per table in its last dimension, got {type(ids).__name__}"
             )
-        if len(ids) != len(self.table_ids):
-            raise ValueError(
-                f"FusedLookupLayer got {len(ids)} key tensors for {len(self.table_ids)} tables "
-                f"(table_ids {self.table_ids}): give one per table"
-            )
-        ids = [tf.convert_to_tensor(i) for i in ids]
-        for i, keys in enumerate(ids):
-            _check_keys(keys, "FusedLookupLayer", f"ids[{i}]")
-        if len({k.dtype for k in ids}) != 1:
+        dtype = tf.as_dtype(ids.dtype)
+        if dtype not in _KEY_DTYPES:
             raise TypeError(
-                "FusedLookupLayer ids must all have one dtype, got "
-                + ", ".join(k.dtype.name for k in ids) + " (cast them to int64)"
+                f"FusedLookupLayer ids must be int32 or int64, got {dtype.name} "
+                "(for a Keras input use keras.Input(..., dtype='int64'))"
             )
+        shape = tf.TensorShape(ids.shape)
+        last = shape[-1] if shape.rank is not None and shape.rank >= 1 else None
+        if (shape.rank is not None and shape.rank < 2) or (last is not None and last != n):
+            raise ValueError(
+                f"FusedLookupLayer got one ids tensor of shape {shape}: it needs rank >= 2 and a last dimension "
+                f"with one column per table ({n}, table_ids {self.table_ids}), e.g. (batch, {n}); or pass a "
+                f"list of {n} key tensors"
+            )
+        return True
+
+    def call(self, ids):
+        n = len(self.table_ids)
+        if tf.is_tensor(ids) or isinstance(ids, (tf.Variable, np.ndarray)):
+            ids = tf.convert_to_tensor(ids)
+        elif isinstance(ids, (list, tuple)):
+            ids = [tf.convert_to_tensor(i) for i in ids]
+        if self._check_ids(ids):
+            # One tensor, a column per table in its last dimension (a model's (batch, N) categorical input):
+            # one unstack instead of N slices.
+            ids = tf.unstack(ids, num=n, axis=-1)
         outputs = ops().tf_hps_fused_lookup(
             keys=ids,
             ps_handle=self._handle(),
@@ -364,12 +388,17 @@ class FusedLookupLayer(_TableLayer):
         return list(outputs)
 
     def compute_output_shape(self, input_shape):
-        if input_shape and not isinstance(input_shape[0], (list, tuple)):  # one tensor, a column per table
-            return [tuple(input_shape[:-1]) + (d,) for d in self.emb_vec_sizes]
-        return [tuple(s) + (d,) for s, d in zip(input_shape, self.emb_vec_sizes)]
+        one = all(isinstance(d, (int, type(None))) for d in input_shape) if isinstance(input_shape, (list, tuple)) \
+            else isinstance(input_shape, tf.TensorShape)
+        if one:  # one tensor, a column per table
+            dims = tuple(tf.TensorShape(input_shape).as_list())
+            if len(dims) < 2:
+                raise ValueError(f"FusedLookupLayer: one ids tensor needs rank >= 2, got shape {dims}")
+            return [dims[:-1] + (d,) for d in self.emb_vec_sizes]
+        return [tuple(tf.TensorShape(s).as_list()) + (d,) for s, d in zip(input_shape, self.emb_vec_sizes, strict=True)]
 
     def compute_output_spec(self, ids):
-        if not isinstance(ids, (list, tuple)):
+        if self._check_ids(ids):
             return [keras.KerasTensor(tuple(ids.shape[:-1]) + (d,), dtype=self.emb_vec_dtype.name)
                     for d in self.emb_vec_sizes]
         return [keras.KerasTensor(tuple(i.shape) + (d,), dtype=self.emb_vec_dtype.name)
