@@ -68,6 +68,14 @@ class EmbeddingCache {
       key_of.clear();
       distinct = 0;
     }
+    // Adds the misses of another range of positions (its key indices shifted past ours).
+    void Append(const PositionMisses& other) {
+      const int64_t offset = static_cast<int64_t>(keys.size());
+      keys.insert(keys.end(), other.keys.begin(), other.keys.end());
+      positions.insert(positions.end(), other.positions.begin(), other.positions.end());
+      for (int64_t k : other.key_of) key_of.push_back(offset + k);
+      distinct += other.distinct;
+    }
   };
 
   // The L1 part of a lookup, for positions [begin, end) of a batch: writes

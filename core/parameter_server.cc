@@ -399,14 +399,7 @@ void ParameterServer::LookupMany(const std::vector<LookupPart>& parts, const Par
     thread_local EmbeddingCache::PositionMisses this_thread_part_misses;
     EmbeddingCache::PositionMisses& merged = this_thread_part_misses;
     merged.Clear();
-    for (int64_t s = first_segment[i]; s < first_segment[i + 1]; ++s) {
-      const EmbeddingCache::PositionMisses& m = segment_misses[s];
-      const int64_t offset = static_cast<int64_t>(merged.keys.size());
-      merged.keys.insert(merged.keys.end(), m.keys.begin(), m.keys.end());
-      merged.positions.insert(merged.positions.end(), m.positions.begin(), m.positions.end());
-      for (int64_t k : m.key_of) merged.key_of.push_back(offset + k);
-      merged.distinct += m.distinct;
-    }
+    for (int64_t s = first_segment[i]; s < first_segment[i + 1]; ++s) merged.Append(segment_misses[s]);
     ResolveMisses(*part.table, part.n, part.out, merged, stamps[i], inner);
   };
   // (Tables of a few misses each cost less than waking a worker.)
@@ -463,11 +456,7 @@ void ParameterServer::LookupThroughCache(const EmbeddingTable& table, const int6
     range_misses.Clear();
     cache.QueryPositions(keys, begin, end, out, stamp, &range_misses, stream);
     std::lock_guard<std::mutex> lock(merge_mutex);
-    const int64_t offset = static_cast<int64_t>(misses.keys.size());
-    misses.keys.insert(misses.keys.end(), range_misses.keys.begin(), range_misses.keys.end());
-    misses.positions.insert(misses.positions.end(), range_misses.positions.begin(), range_misses.positions.end());
-    for (int64_t k : range_misses.key_of) misses.key_of.push_back(offset + k);
-    misses.distinct += range_misses.distinct;
+    misses.Append(range_misses);
   });
   ResolveMisses(table, n, out, misses, stamp, parallel_for);
 }

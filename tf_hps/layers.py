@@ -31,12 +31,15 @@ def _check_dtype(emb_vec_dtype) -> tf.DType:
     return dtype
 
 
-def _check_keys(keys, layer: str, what: str) -> None:
-    if keys.dtype not in _KEY_DTYPES:
+def _check_keys(keys, layer: str, what: str) -> tf.DType:
+    """The keys' dtype (of a tensor, or of Keras's symbolic one), if int32 or int64."""
+    dtype = tf.as_dtype(keys.dtype)
+    if dtype not in _KEY_DTYPES:
         raise TypeError(
-            f"{layer} {what} must be int32 or int64, got {keys.dtype.name} "
+            f"{layer} {what} must be int32 or int64, got {dtype.name} "
             "(for a Keras input use keras.Input(..., dtype='int64'))"
         )
+    return dtype
 
 
 def _check_max_norm(max_norm):
@@ -330,15 +333,7 @@ class FusedLookupLayer(_TableLayer):
                     f"FusedLookupLayer got {len(ids)} key tensors for {n} tables (table_ids {self.table_ids}): "
                     "give one per table"
                 )
-            dtypes = []
-            for i, keys in enumerate(ids):
-                dtype = tf.as_dtype(keys.dtype)
-                if dtype not in _KEY_DTYPES:
-                    raise TypeError(
-                        f"FusedLookupLayer ids[{i}] must be int32 or int64, got {dtype.name} "
-                        "(for a Keras input use keras.Input(..., dtype='int64'))"
-                    )
-                dtypes.append(dtype)
+            dtypes = [_check_keys(keys, "FusedLookupLayer", f"ids[{i}]") for i, keys in enumerate(ids)]
             if len(set(dtypes)) != 1:
                 raise TypeError(
                     "FusedLookupLayer ids must all have one dtype, got " + ", ".join(d.name for d in dtypes)
@@ -350,12 +345,7 @@ class FusedLookupLayer(_TableLayer):
                 f"FusedLookupLayer takes a list of {n} key tensors, one per table of table_ids, or one tensor "
                 f"with a column per table in its last dimension, got {type(ids).__name__}"
             )
-        dtype = tf.as_dtype(ids.dtype)
-        if dtype not in _KEY_DTYPES:
-            raise TypeError(
-                f"FusedLookupLayer ids must be int32 or int64, got {dtype.name} "
-                "(for a Keras input use keras.Input(..., dtype='int64'))"
-            )
+        _check_keys(ids, "FusedLookupLayer", "ids")
         shape = tf.TensorShape(ids.shape)
         last = shape[-1] if shape.rank is not None and shape.rank >= 1 else None
         if (shape.rank is not None and shape.rank < 2) or (last is not None and last != n):
