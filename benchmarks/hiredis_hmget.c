@@ -10,12 +10,13 @@
  * owns its slot (one entry per partition; all 0 for a standalone server).
  *
  * One fetch of the batch does what the C++ backend's fetch does, with nothing
- * around it: mix each key (base/key_hash.h) to find its partition, group the
- * batch by partition, append one HMGET "hps_et{<tag>/p<p>}v" <8-byte keys...>
- * per non-empty partition with redisAppendCommandArgv, flush every node's
- * output buffer, then read the replies in order with redisGetReply and copy
- * each row into its place in a (batch, dim) float32 array; rows not found are
- * zeroed. Only this loop is timed.
+ * around it: find the batch's distinct keys (an open-addressing table of the
+ * mixed keys), mix each distinct key (base/key_hash.h) to find its partition,
+ * group them by partition, append one HMGET "hps_et{<tag>/p<p>}v" <8-byte
+ * keys...> per non-empty partition with redisAppendCommandArgv, flush every
+ * node's output buffer, then read the replies in order with redisGetReply and
+ * copy each row into the places of its key in a (batch, dim) float32 array;
+ * rows not found are zeroed. Only this loop is timed.
  *
  * After one warm-up fetch (written to --dump if given), prints one JSON line:
  * {"hiredis": "<version>", "keys": n, "inner": fetches per repeat,
@@ -63,6 +64,12 @@ typedef struct {
   size_t* hash_lens;   /* (num_partitions) */
   int64_t dim;
   /* Scratch, sized for the batch once. */
+  int64_t slot_mask;     /* capacity - 1 of the distinct-key table (a power of two >= 2n) */
+  int64_t* slot;         /* (capacity) 1 + index into distinct, 0 = empty */
+  int64_t* distinct;     /* (n) the batch's distinct keys, in first-seen order */
+  int64_t* inverse;      /* (n) index into distinct of each position */
+  float* distinct_values; /* (n, dim) */
+  uint8_t* distinct_found; /* (n) */
   int64_t* begin;        /* (num_partitions + 1) start of each partition in order */
   int64_t* next;         /* (num_partitions) */
   int64_t* order;        /* (n) batch positions grouped by partition */
@@ -71,8 +78,8 @@ typedef struct {
   size_t* argvlen;       /* (n + 2 * num_partitions) */
 } Fetcher;
 
-/* One fetch of n keys into values (n, dim) float32; sets found (n). Returns hits. */
-static int64_t fetch(Fetcher* f, int64_t n, const int64_t* keys, float* values, uint8_t* found) {
+/* One fetch of n distinct keys into values (n, dim) float32; sets found (n). Returns hits. */
+static int64_t fetch_distinct(Fetcher* f, int64_t n, const int64_t* keys, float* values, uint8_t* found) {
   const int64_t P = f->num_partitions;
   const size_t row_bytes = (size_t)f->dim * sizeof(float);
   memset(f->begin, 0, (size_t)(P + 1) * sizeof(int64_t));
@@ -131,6 +138,29 @@ static int64_t fetch(Fetcher* f, int64_t n, const int64_t* keys, float* values, 
       }
     }
     freeReplyObject(reply);
+  }
+  return hits;
+}
+
+/* One fetch of n keys, repeats included, into values (n, dim); sets found (n). Returns the
+ * distinct keys found. */
+static int64_t fetch(Fetcher* f, int64_t n, const int64_t* keys, float* values, uint8_t* found) {
+  memset(f->slot, 0, (size_t)(f->slot_mask + 1) * sizeof(int64_t));
+  int64_t u = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t s = (int64_t)(mix_key((uint64_t)keys[i]) & (uint64_t)f->slot_mask);
+    while (f->slot[s] != 0 && f->distinct[f->slot[s] - 1] != keys[i]) s = (s + 1) & f->slot_mask;
+    if (f->slot[s] == 0) {
+      f->distinct[u] = keys[i];
+      f->slot[s] = ++u;
+    }
+    f->inverse[i] = f->slot[s] - 1;
+  }
+  const int64_t hits = fetch_distinct(f, u, f->distinct, f->distinct_values, f->distinct_found);
+  const size_t row_bytes = (size_t)f->dim * sizeof(float);
+  for (int64_t i = 0; i < n; ++i) {
+    memcpy(values + i * f->dim, f->distinct_values + f->inverse[i] * f->dim, row_bytes);
+    found[i] = f->distinct_found[f->inverse[i]];
   }
   return hits;
 }
@@ -203,6 +233,14 @@ int main(int argc, char** argv) {
   f.partition = malloc((size_t)n * sizeof(int64_t));
   f.argv = malloc((size_t)(n + 2 * f.num_partitions) * sizeof(char*));
   f.argvlen = malloc((size_t)(n + 2 * f.num_partitions) * sizeof(size_t));
+  int64_t capacity = 1;
+  while (capacity < 2 * n) capacity *= 2;
+  f.slot_mask = capacity - 1;
+  f.slot = malloc((size_t)capacity * sizeof(int64_t));
+  f.distinct = malloc((size_t)n * sizeof(int64_t));
+  f.inverse = malloc((size_t)n * sizeof(int64_t));
+  f.distinct_values = malloc((size_t)n * (size_t)dim * sizeof(float));
+  f.distinct_found = malloc((size_t)n);
   float* values = malloc((size_t)n * (size_t)dim * sizeof(float));
   uint8_t* found = malloc((size_t)n);
 

@@ -9,17 +9,20 @@ wrapper), and each baseline fetches the very same keys from the very same data:
 
 * hash_map: numpy gather ``table[rows]`` of a dense (rows, D) float32 array.
 * Redis (a standalone server and a 3-master cluster, started here and always stopped):
-  - redis-py + hiredis: compute each key's partition in numpy (the mix of base/key_hash.h), sort the
-    batch by partition, queue one ``HMGET hps_et{<tag>/p<p>}v <8-byte key>...`` per non-empty
-    partition with all of the batch's keys of that partition in a non-transactional pipeline
-    (``RedisCluster.pipeline()`` on the cluster), execute it once, then join the row bytes into a
-    (batch, D) float32 array in batch order.
-  - raw C hiredis: benchmarks/hiredis_hmget.c (built into build/bench/) does the same per batch with
-    ``redisAppendCommandArgv``, flushes every node, reads with ``redisGetReply`` and copies the rows
-    into place; it times only that loop.
+  - redis-py + hiredis: take the batch's distinct keys (``np.unique(..., return_inverse=True)``),
+    compute each one's partition in numpy (the mix of base/key_hash.h), sort them by partition, queue
+    one ``HMGET hps_et{<tag>/p<p>}v <8-byte key>...`` per non-empty partition in a non-transactional
+    pipeline (``RedisCluster.pipeline()`` on the cluster), execute it once, then join the row bytes
+    into a (distinct, D) float32 array and index it with the inverse into (batch, D).
+  - raw C hiredis: benchmarks/hiredis_hmget.c (built into build/bench/) does the same per batch in C
+    (distinct keys through an open-addressing table, ``redisAppendCommandArgv``, every node flushed,
+    ``redisGetReply``, each row copied to its key's places); it times only that loop.
 * RocksDB (written by our backend, closed, reopened ``read_only``): rocksdict ``multi_get``
-  (``cf[list_of_8_byte_keys]``) on the same database opened read-only with ``raw_mode=True``,
-  column family = the table's tag, then the rows joined into a (batch, D) array.
+  (``cf[list_of_8_byte_keys]``) of the batch's distinct keys (``np.unique``) on the same database
+  opened read-only with ``raw_mode=True``, column family = the table's tag, then the rows joined into
+  a (distinct, D) array indexed with the inverse into (batch, D).
+
+Every baseline de-duplicates the batch first, as a competent client does and as our backends do.
 
 Each number is the median over repeats (each repeat runs back-to-back calls for at least
 ``--min-time`` seconds; the repeats of ours and of the baselines take turns) after a warm-up call
@@ -311,7 +314,14 @@ def bench_hash_map(w: Workload, s: Settings) -> list[Row]:
 
 
 def redispy_fetch(client, hashes: list[str], keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The baseline a user would write with redis-py: one HMGET per partition in one pipeline."""
+    """The baseline a user would write with redis-py: the batch's distinct keys (np.unique), one HMGET
+    per partition of them in one pipeline, then each row copied to the places of its key."""
+    keys, inverse = np.unique(keys, return_inverse=True)
+    values, found = _redispy_fetch_distinct(client, hashes, keys, dim)
+    return values[inverse], found[inverse]
+
+
+def _redispy_fetch_distinct(client, hashes: list[str], keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     n = keys.size
     partitions = partition_of(keys, len(hashes))
     order = np.argsort(partitions, kind="stable")
@@ -431,7 +441,14 @@ def bench_redis(label: str, deployment, w: Workload, s: Settings, num_partitions
 
 
 def rocksdict_fetch(cf, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The baseline a user would write with rocksdict: one multi_get of the batch's 8-byte keys."""
+    """The baseline a user would write with rocksdict: one multi_get of the batch's distinct 8-byte keys
+    (np.unique), then each row copied to the places of its key."""
+    keys, inverse = np.unique(keys, return_inverse=True)
+    values, found = _rocksdict_fetch_distinct(cf, keys, dim)
+    return values[inverse], None if found is None else found[inverse]
+
+
+def _rocksdict_fetch_distinct(cf, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
     raw = keys.astype("<i8").tobytes()
     rows = cf[[raw[i:i + 8] for i in range(0, len(raw), 8)]]
     if None not in rows:
