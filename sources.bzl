@@ -29,6 +29,7 @@ HPS_CORE_HDRS = [
     "base/error.h",
     "base/key_hash.h",
     "base/log.h",
+    "base/row_copy.h",
     "base/unique_keys.h",
     "storage/backend.h",
     "storage/factory.h",

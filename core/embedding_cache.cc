@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 
 #include "base/key_hash.h"
+#include "base/row_copy.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -119,40 +120,14 @@ inline void EmbeddingCache::PrefetchSet(slab::Home home) const {
   }
 }
 
-// Rows the lookup path writes into a large output are not read again soon
-// (they are written once, repeats copy from the cache's row), so they go
-// around the CPU caches: non-temporal stores skip the read of each output
-// line that a plain store makes, and leave the caches to the hot rows.
-inline bool EmbeddingCache::CanStream(const float* values) const {
-#ifdef __SSE2__
-  return row_bytes_ % 16 == 0 && reinterpret_cast<uintptr_t>(values) % 16 == 0;
-#else
-  (void)values;
-  return false;
-#endif
-}
+// Row copies: base/row_copy.h.
+inline bool EmbeddingCache::CanStream(const float* values) const { return CanStreamRows(values, row_bytes_); }
 
 inline void EmbeddingCache::CopyRow(float* dest, const float* source, bool stream) const {
-#ifdef __SSE2__
-  if (stream) {
-    for (int64_t k = 0; k < dim_; k += 4) _mm_stream_ps(dest + k, _mm_loadu_ps(source + k));
-    return;
-  }
-  // Short rows (most embedding widths): copied inline, not by a call to
-  // memcpy per position.
-  if (row_bytes_ % 16 == 0 && row_bytes_ <= 256) {
-    for (int64_t k = 0; k < dim_; k += 4) _mm_storeu_ps(dest + k, _mm_loadu_ps(source + k));
-    return;
-  }
-#endif
-  std::memcpy(dest, source, row_bytes_);
+  tf_hps::CopyRow(dest, source, dim_, row_bytes_, stream);
 }
 
-inline void EmbeddingCache::StreamFence() {
-#ifdef __SSE2__
-  _mm_sfence();  // non-temporal stores are weakly ordered: make them visible before returning
-#endif
-}
+inline void EmbeddingCache::StreamFence() { tf_hps::StreamFence(); }
 
 inline int EmbeddingCache::FindOptimistic(int64_t key, slab::Home home, uint64_t stamp, uint32_t* seq) {
   const slab::HostLanes lanes;

@@ -13,6 +13,7 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "base/row_copy.h"
 #include "base/unique_keys.h"
 #include "core/table_file.h"
 #include "storage/factory.h"
@@ -500,17 +501,78 @@ void ParameterServer::LookupDatabases(const EmbeddingTable& table, const int64_t
                                       const ParallelFor& parallel_for) const {
   const int64_t dim = table.dim;
   const size_t row_bytes = dim * sizeof(float);
+  // An in-process VDB is handed the batch as it is (DatabaseBackend::InProcess):
+  // shards of positions on the pool, each writing its rows into `out`.
+  DatabaseBackend* const in_process = volatile_db_ && volatile_db_->InProcess() ? volatile_db_.get() : nullptr;
+  std::vector<int64_t> rest;  // positions the in-process VDB lacked
+  if (in_process != nullptr) {
+    const int64_t shards = std::clamp<int64_t>(n / std::max<int64_t>(1, in_process->MinRowsPerFetchShard()), 1, 64);
+    // A large output is written around the CPU caches, as L1 writes it: each
+    // shard's rows are fetched into this thread's scratch, then streamed.
+    const bool stream = static_cast<size_t>(n) * row_bytes >= kStreamOutputBytes && CanStreamRows(out, row_bytes);
+    std::mutex merge_mutex;
+    std::exception_ptr failure;
+    auto fetch_shard = [&](int64_t shard) {
+      const int64_t begin = n * shard / shards, end = n * (shard + 1) / shards;
+      try {
+        std::vector<int64_t> absent;
+        if (stream) {
+          thread_local std::vector<float> scratch;
+          scratch.resize((end - begin) * dim);
+          in_process->Fetch(table.tag, end - begin, keys + begin, scratch.data(), dim, &absent);
+          size_t a = 0;
+          for (int64_t j = 0; j < end - begin; ++j) {
+            if (a < absent.size() && absent[a] == j) {
+              ++a;
+              continue;
+            }
+            CopyRow(out + (begin + j) * dim, scratch.data() + j * dim, dim, row_bytes, /*stream=*/true);
+          }
+          StreamFence();
+        } else {
+          in_process->Fetch(table.tag, end - begin, keys + begin, out + begin * dim, dim, &absent);
+        }
+        if (absent.empty()) return;
+        std::lock_guard<std::mutex> lock(merge_mutex);
+        for (int64_t j : absent) rest.push_back(begin + j);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(merge_mutex);
+        if (!failure) failure = std::current_exception();
+      }
+    };
+    if (shards == 1) {
+      fetch_shard(0);
+    } else {
+      parallel_for(shards, /*cost_per_unit=*/100'000'000, [&](int64_t begin, int64_t end) {
+        for (int64_t shard = begin; shard < end; ++shard) fetch_shard(shard);
+      });
+    }
+    if (failure) std::rethrow_exception(failure);
+    const int64_t answered = n - static_cast<int64_t>(rest.size());
+    // missed_keys: the positions answered here, then each distinct key of the rest once.
+    table.stats.vdb_hits.fetch_add(answered, std::memory_order_relaxed);
+    table.stats.missed_keys.fetch_add(answered, std::memory_order_relaxed);
+    if (rest.empty()) return;
+    std::sort(rest.begin(), rest.end());
+  }
+  // The keys left (all of them, or those the in-process VDB lacked), each distinct one once.
+  std::vector<int64_t> rest_keys(rest.size());
+  for (size_t j = 0; j < rest.size(); ++j) rest_keys[j] = keys[rest[j]];
+  const int64_t* left = in_process != nullptr ? rest_keys.data() : keys;
+  const int64_t num_left = in_process != nullptr ? static_cast<int64_t>(rest.size()) : n;
   thread_local UniqueKeys this_thread_unique;
   UniqueKeys& unique = this_thread_unique;
-  Dedup(keys, n, &unique);
+  Dedup(left, num_left, &unique);
   const int64_t u = static_cast<int64_t>(unique.keys.size());
   table.stats.missed_keys.fetch_add(u, std::memory_order_relaxed);
   std::unique_ptr<float[]> fetched(new float[u * dim]);  // every row is written below
   std::vector<char> found(u, 0);
-  FetchFromDatabases(table, unique.keys.data(), u, fetched.get(), &found, parallel_for);
-  parallel_for(n, 10 + dim / 4, [&](int64_t begin, int64_t end) {
+  FetchFromDatabases(table, unique.keys.data(), u, fetched.get(), &found, parallel_for,
+                     /*skip_volatile_db=*/in_process != nullptr);
+  parallel_for(num_left, 10 + dim / 4, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
-      std::memcpy(out + i * dim, fetched.get() + unique.index[i] * dim, row_bytes);
+      std::memcpy(out + (in_process != nullptr ? rest[i] : i) * dim, fetched.get() + unique.index[i] * dim,
+                  row_bytes);
   });
 }
 
@@ -540,15 +602,15 @@ void ParameterServer::InsertIntoCache(const EmbeddingTable& table, double hit_ra
 }
 
 void ParameterServer::FetchFromDatabases(const EmbeddingTable& table, const int64_t* keys, int64_t m,
-                                         float* rows, std::vector<char>* found,
-                                         const ParallelFor& parallel_for) const {
+                                         float* rows, std::vector<char>* found, const ParallelFor& parallel_for,
+                                         bool skip_volatile_db) const {
   const int64_t dim = table.dim;
   const size_t row_bytes = dim * sizeof(float);
   std::vector<int64_t> pending(m);  // positions not found yet
   std::iota(pending.begin(), pending.end(), 0);
   std::mutex merge_mutex;
   const uint64_t epoch_at_read = table.update_epoch.load(std::memory_order_acquire);
-  for (DatabaseBackend* tier : {volatile_db_.get(), persistent_db_.get()}) {
+  for (DatabaseBackend* tier : {skip_volatile_db ? nullptr : volatile_db_.get(), persistent_db_.get()}) {
     if (tier == nullptr || pending.empty()) continue;
     const bool is_vdb = tier == volatile_db_.get();
     if (is_vdb && !volatile_health_.ShouldTry()) {

@@ -204,8 +204,10 @@ class ParameterServer {
   // looks distinct keys (m) up in the VDB, then the PDB, writing rows
   // (m, dim) and found[i] = 1 for each key some tier held; the others get
   // the default. Counts vdb_hits, pdb_hits and defaults. Thread-safe.
+  // skip_volatile_db: the caller asked the VDB already.
   void FetchFromDatabases(const EmbeddingTable& table, const int64_t* keys, int64_t m, float* rows,
-                          std::vector<char>* found, const ParallelFor& parallel_for) const;
+                          std::vector<char>* found, const ParallelFor& parallel_for,
+                          bool skip_volatile_db = false) const;
 
  private:
   // Refreshes vdb_rows_missing of a table whose only tier is Redis (rate-limited); warns when it grows.
@@ -234,7 +236,9 @@ class ParameterServer {
   // insertion into the cache.
   void ResolveMisses(const EmbeddingTable& table, int64_t n, float* out, const EmbeddingCache::PositionMisses& misses,
                      uint64_t stamp, const ParallelFor& parallel_for) const;
-  // Lookup without L1: each distinct key from the databases.
+  // Lookup without L1: each distinct key from the databases; an in-process
+  // VDB (InProcess) first answers every position it holds, straight into
+  // `out`, and the distinct keys of the rest go on to the PDB.
   void LookupDatabases(const EmbeddingTable& table, const int64_t* keys, int64_t n, float* out,
                        const ParallelFor& parallel_for) const;
   void InsertIntoCache(const EmbeddingTable& table, double hit_rate, uint64_t stamp, uint64_t epoch_seen,

@@ -36,6 +36,59 @@ def test_rocksdb_behind_any_vdb_gives_exact_rows(tables, tmp_path, volatile_db):
     lookups_are_exact(hps.LookupLayer("foo", 0, DIM, tf.float32, path), tables)
 
 
+@pytest.mark.parametrize(
+    "volatile_db",
+    [
+        {"type": "hash_map"},
+        {"type": "hash_map", "initial_cache_rate": 0.1},
+        {"type": "hash_map", "initial_cache_rate": 0.0, "cache_missed_embeddings": True},
+        {"type": "hash_map", "num_partitions": 2, "overflow_margin": 100, "cache_missed_embeddings": True},
+    ],
+    ids=["vdb-all", "vdb-10pct", "vdb-empty-writeback", "vdb-tiny-overflowing"],
+)
+def test_without_l1_the_hash_map_answers_each_position_and_the_rest_goes_below(tables, tmp_path, volatile_db):
+    """No L1, an in-process VDB: it is handed the batch as it is (repeats included, in shards on the
+    pool for long batches, streamed into large outputs), and only the distinct keys it lacks go on to
+    RocksDB and the default. Rows are exact; the counters still add up (missed_keys = positions the
+    hash map answered + distinct keys of the rest); rows written back are answered by the hash map
+    next time."""
+    tables.table("t0", ROWS, DIM)
+    model = "nol1"
+    path = tables.config(dims=(DIM,), model=model, extra_model={"gpucache": False},
+                         extra={"volatile_db": volatile_db,
+                                "persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb")}})
+    layer = hps.LookupLayer(model, 0, DIM, tf.float32, path)
+    dense = tables.dense("t0", 1.5, ROWS + 500)
+    tag = table_tag(model, "sparse_embedding0")
+    names = ("keys", "missed_keys", "vdb_hits", "pdb_hits", "defaults", "l1_hits")
+    layer(tf.constant([ROWS + 1]))  # loads the table
+    rng = np.random.default_rng(7)
+    # 600k keys of D=8: an output of 19 MiB, written with non-temporal stores.
+    for size in (1, 300, 20_000, 600_000, 20_000):
+        ids = np.minimum(rng.zipf(1.1, size=(size,)), ROWS + 499)
+        before = hps.stats()[tag]
+        np.testing.assert_array_equal(layer(tf.constant(ids)).numpy(), tf.nn.embedding_lookup(dense, ids).numpy())
+        after = hps.stats()[tag]
+        d = {name: after[name] - before[name] for name in names}
+        assert d["keys"] == size and d["l1_hits"] == 0
+        assert d["vdb_hits"] + d["pdb_hits"] + d["defaults"] == d["missed_keys"]
+        assert d["defaults"] == len(np.unique(ids[ids >= ROWS]))  # each unknown key once
+        rest = d["missed_keys"] - d["vdb_hits"]  # distinct keys the hash map lacked
+        assert rest == d["pdb_hits"] + d["defaults"] <= len(np.unique(ids))
+        if volatile_db == {"type": "hash_map"}:
+            assert d["vdb_hits"] == np.count_nonzero(ids < ROWS) and d["pdb_hits"] == 0
+    if volatile_db.get("cache_missed_embeddings") and "overflow_margin" not in volatile_db:
+        # Every known row read so far was written back: the hash map answers all their positions.
+        ids = np.minimum(rng.zipf(1.1, size=(5000,)), ROWS + 499)
+        ids = ids[np.isin(ids, np.arange(ROWS))]
+        layer(tf.constant(ids))  # rows first seen here move up now
+        before = hps.stats()[tag]
+        np.testing.assert_array_equal(layer(tf.constant(ids)).numpy(), tf.nn.embedding_lookup(dense, ids).numpy())
+        after = hps.stats()[tag]
+        assert after["vdb_hits"] - before["vdb_hits"] == ids.size
+        assert after["pdb_hits"] == before["pdb_hits"]
+
+
 def test_the_pdb_holds_every_row_after_start_up(tables, tmp_path):
     tables.table("t0", ROWS, DIM)
     path = tables.config(dims=(DIM,), extra={"persistent_db": {"type": "rocks_db", "path": str(tmp_path / "rdb")}},

@@ -60,7 +60,9 @@ def stats() -> dict[str, dict[str, int | list[int]]]:
     ``keys`` (duplicates included), ``l1_hits``
     (keys answered by L1), ``missed_keys`` (distinct keys of each batch that L1
     missed; each is then a ``vdb_hits``, a ``pdb_hits`` or one of the
-    ``defaults``, keys no tier held), ``vdb_errors``
+    ``defaults``, keys no tier held; a table with no L1 and the hash map as its
+    VDB hands the hash map every position, so there each position it answers
+    counts, then each distinct key of the rest), ``vdb_errors``
     (failed calls to a shared VDB), ``vdb_skipped`` (calls that passed over
     it while it was down), ``cache_inserted`` (rows put into L1 after a miss),
     ``insert_deferred`` / ``insert_dropped`` (of those, rows left to the
