@@ -126,7 +126,7 @@ clean:
 GPU_CACHE_LIB := tf_hps/_tf_hps_gpu_cache.so
 CACHE_HOST_LIB := $(BUILD)/libhps_cache_host.so
 GPU_CACHE_SRCS := $(call bzl_list,HPS_GPU_CACHE_SRCS)
-GPU_CACHE_HDRS := $(call bzl_list,HPS_GPU_CACHE_HDRS) core/slab_set.h base/key_hash.h
+GPU_CACHE_HDRS := $(call bzl_list,HPS_GPU_CACHE_HDRS) core/slab_set.h base/key_hash.h ops/sparse_combine.h
 NVCC_FLAGS := -O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -shared -I. \
 	-gencode arch=compute_80,code=sm_80 -gencode 'arch=compute_90,code=[sm_90,compute_90]' \
 	-cudart static -Xlinker --exclude-libs,ALL

@@ -88,6 +88,7 @@ HPS_STORAGE_CAPI_HDRS = [
 HPS_GPU_CACHE_SRCS = [
     "ops/cuda/gpu_cache.cu",
     "ops/cuda/gpu_cache_c_api.cc",
+    "ops/cuda/gpu_combine.cu",
     "ops/cuda/gpu_static_table.cu",
     "ops/cuda/gpu_lookup.cu",
     "ops/cuda/gpu_lookup_c_api.cc",
@@ -96,6 +97,7 @@ HPS_GPU_CACHE_SRCS = [
 HPS_GPU_CACHE_HDRS = [
     "ops/cuda/gpu_cache.h",
     "ops/cuda/gpu_cache_c_api.h",
+    "ops/cuda/gpu_combine.h",
     "ops/cuda/gpu_static_table.h",
     "ops/cuda/gpu_lookup.h",
     "ops/cuda/gpu_lookup_c_api.h",

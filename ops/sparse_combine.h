@@ -18,13 +18,21 @@
 // Every element is independent, so any vector width gives these bits. The
 // compiler must not contract a product and a sum into one FMA (the builds
 // pass -ffp-contract=off; nvcc code uses this header's explicit forms).
-// Header-only, so the GPU kernels can share it.
+// Header-only, so the GPU kernels can share it: ScaleFor and FirstGroupSize
+// compile for the device too (ops/cuda/gpu_combine.cu, whose combine follows
+// CombineRows element by element).
 #ifndef TF_HPS_OPS_SPARSE_COMBINE_H_
 #define TF_HPS_OPS_SPARSE_COMBINE_H_
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+
+#ifdef __CUDACC__
+#define TF_HPS_HOST_DEVICE __host__ __device__
+#else
+#define TF_HPS_HOST_DEVICE
+#endif
 
 namespace tf_hps {
 
@@ -38,13 +46,25 @@ struct CombineScale {
   bool divide = false;
 };
 
-inline CombineScale ScaleFor(Combiner combiner, int64_t n) {
+// float(sqrt(double(n))), correctly rounded on host and device alike.
+TF_HPS_HOST_DEVICE inline float SqrtOfCount(int64_t n) {
+#ifdef __CUDA_ARCH__
+  return __double2float_rn(::sqrt(static_cast<double>(n)));
+#else
+  return static_cast<float>(std::sqrt(static_cast<double>(n)));
+#endif
+}
+
+TF_HPS_HOST_DEVICE inline CombineScale ScaleFor(Combiner combiner, int64_t n) {
   CombineScale s;
   if (combiner == Combiner::kSum) return s;
-  const float m = combiner == Combiner::kMean ? static_cast<float>(n)
-                                              : static_cast<float>(std::sqrt(static_cast<double>(n)));
+  const float m = combiner == Combiner::kMean ? static_cast<float>(n) : SqrtOfCount(n);
   if (n < 10) {
+#ifdef __CUDA_ARCH__
+    s.first_group = __fdiv_rn(1.0f, m);
+#else
     s.first_group = 1.0f / m;
+#endif
   } else {
     s.divisor = m;
     s.divide = true;
@@ -53,7 +73,7 @@ inline CombineScale ScaleFor(Combiner combiner, int64_t n) {
 }
 
 // Size of the first group of a row of n >= 2 keys.
-inline int64_t FirstGroupSize(int64_t n) {
+TF_HPS_HOST_DEVICE inline int64_t FirstGroupSize(int64_t n) {
   const int64_t r = n & 7;
   return r == 0 ? 8 : r == 1 ? 9 : r;
 }

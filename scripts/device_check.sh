@@ -8,7 +8,8 @@
 #    CPU cache behind the same C ABI);
 # 2. runs every GPU test: the GPU cache against the CPU cache on long random operation sequences,
 #    the static table, the lookup pipeline with its host fetch callback, updates and refreshes
-#    against queries, concurrent queries (tests/test_gpu_cache.py, tests/test_gpu_lookup.py);
+#    against queries, concurrent queries, the sparse lookup's combine against the CPU kernel's
+#    order (tests/test_gpu_cache.py, tests/test_gpu_lookup.py);
 # 3. runs benchmarks/gpu_cache.py and benchmarks/gpu_lookup.py;
 # 4. prints one Markdown summary (also OUT/summary.md), with the GPU's name, and exits non-zero if
 #    the build or a test failed.

@@ -432,6 +432,7 @@ def device_lib():
         lib.hps_gpu_lookup_evicted.restype = i64
         lib.hps_gpu_lookup_evicted.argtypes = [vp]
         lib.hps_gpu_lookup_last_error.restype = ctypes.c_char_p
+        lib.hps_gpu_combine_segments.argtypes = [vp, i64, i64, vp, vp, i64, i32, i32, vp, vp, vp]
         lib._lookup_types = True
     return lib
 
@@ -563,3 +564,80 @@ def zipf_keys(rng, n: int, num_rows: int, alpha: float = 1.2) -> np.ndarray:
     p /= p.sum()
     perm = np.random.default_rng(12345).permutation(num_rows)
     return perm[rng.choice(num_rows, n, p=p)].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# TfHpsSparseLookup's combine (ops/sparse_combine.h, CombineRows), in numpy float32 arithmetic:
+# the reference of the GPU combine (hps_gpu_combine_segments). tests/test_sparse_lookup.py checks
+# it against TensorFlow's own segment kernels, bit for bit.
+
+COMBINERS = {"sum": 0, "mean": 1, "sqrtn": 2}
+OUT_TYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+
+
+def group_by_segment(segment_ids: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """offsets (num_rows + 1) and order (nnz): each output row's key positions, in input order."""
+    segment_ids = np.asarray(segment_ids, np.int64)
+    offsets = np.zeros(num_rows + 1, np.int64)
+    np.add.at(offsets, segment_ids + 1, 1)
+    offsets = np.cumsum(offsets).astype(np.int64)
+    order = np.argsort(segment_ids, kind="stable").astype(np.int64)
+    return offsets, order
+
+
+def _flushed(x):
+    """x with subnormals as zeros of their sign: TF's CPU kernels run with FTZ and DAZ set."""
+    x = np.asarray(x, np.float32)
+    return np.where(np.abs(x) < np.finfo(np.float32).tiny, np.copysign(np.float32(0), x), x).astype(np.float32)
+
+
+def _add(a, b):
+    return _flushed(_flushed(a) + _flushed(b))
+
+
+def combine_rows_model(rows: np.ndarray, offsets: np.ndarray, order: np.ndarray, combiner: str) -> np.ndarray:
+    """float32 (num_rows, dim): row r combines rows[order[offsets[r]:offsets[r+1]]] in TF's order, with
+    denormals flushed in every operation (a single key's row is copied, unflushed, as TF copies it)."""
+    rows = np.asarray(rows, np.float32)
+    num_rows, dim = len(offsets) - 1, rows.shape[1]
+    out = np.zeros((num_rows, dim), np.float32)
+    for r in range(num_rows):
+        x = rows[order[offsets[r]:offsets[r + 1]]]
+        n = len(x)
+        if n == 0:
+            continue
+        if n == 1:
+            out[r] = x[0]
+            continue
+        first_scale, divisor = np.float32(1), None
+        if combiner != "sum":
+            m = np.float32(n) if combiner == "mean" else np.float32(np.sqrt(np.float64(n)))
+            if n < 10:
+                first_scale = np.float32(1) / m
+            else:
+                divisor = m
+        first = {0: 8, 1: 9}.get(n % 8, n % 8)
+        acc = x[0].copy()
+        for k in range(1, first):
+            acc = _add(acc, x[k])
+        if first_scale != np.float32(1):
+            acc = _flushed(_flushed(acc) * first_scale)
+        for k in range(first, n, 8):
+            group = _add(x[k], x[k + 1])
+            for j in range(2, 8):
+                group = _add(group, x[k + j])
+            acc = _add(acc, group)
+        if divisor is not None:
+            acc = _flushed(_flushed(acc) / divisor)
+        out[r] = acc
+    return out
+
+
+def round_to(values: np.ndarray, out_type: str) -> np.ndarray:
+    """float32 -> the bits of out_type (uint16 for the 16-bit types), rounded to nearest even."""
+    if out_type == "float32":
+        return values.view(np.uint32)
+    if out_type == "float16":
+        return values.astype(np.float16).view(np.uint16)
+    bits = values.view(np.uint32).astype(np.uint64)  # bfloat16: the top half, rounded (no NaNs here)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)

@@ -20,11 +20,13 @@ from slab_model import GPU_LIB, INT64_MAX, INT64_MIN, WAYS, GpuCache, HostCache,
 C_ABI = ["hps_gpu_cache_device_count", "hps_gpu_error_string", "hps_gpu_cache_create", "hps_gpu_cache_destroy",
          "hps_gpu_cache_capacity", "hps_gpu_cache_num_sets", "hps_gpu_cache_query", "hps_gpu_cache_replace",
          "hps_gpu_cache_update", "hps_gpu_cache_dump", "hps_gpu_malloc", "hps_gpu_free", "hps_gpu_memcpy",
-         "hps_gpu_synchronize", "hps_gpu_device_name",
+         "hps_gpu_synchronize", "hps_gpu_device_name", "hps_gpu_set_device",
          # the lookup pipeline (ops/cuda/gpu_lookup_c_api.h; tests/test_gpu_lookup.py)
          "hps_gpu_lookup_create_dynamic", "hps_gpu_lookup_create_static", "hps_gpu_lookup_destroy",
          "hps_gpu_lookup_query", "hps_gpu_lookup_query_l1", "hps_gpu_lookup_update", "hps_gpu_lookup_size",
-         "hps_gpu_lookup_evicted", "hps_gpu_lookup_last_error", "hps_gpu_lookup_refresh"]
+         "hps_gpu_lookup_evicted", "hps_gpu_lookup_last_error", "hps_gpu_lookup_refresh",
+         # the sparse lookup's combine (gpu_lookup_c_api.h)
+         "hps_gpu_combine_segments"]
 
 
 def device_count() -> int:

@@ -1,4 +1,5 @@
-"""The GPU kernels of TfHpsLookup (tf_hps/_tf_hps_ops_gpu.so): built, linked and loadable anywhere.
+"""The GPU kernels of TfHpsLookup and TfHpsSparseLookup (tf_hps/_tf_hps_ops_gpu.so): built, linked and
+loadable anywhere.
 
 What runs here, on a machine without a GPU and with tensorflow-cpu: the library is built, needs
 no CUDA runtime of its own, shares the op library's parameter servers (one _tf_hps_ops.so in
@@ -10,8 +11,8 @@ skips the library without a GPU and only warns when it cannot load it.
 What does not run anywhere in this suite: the GPU kernel itself. Running it needs TensorFlow
 with GPU support (the `tensorflow[and-cuda]` wheel, built for CUDA 12) on a machine with a
 GPU; the GPU test machine has a GPU but no TF-GPU, and tensorflow-cpu creates no GPU device
-to place the op on. On such a machine, check that LookupLayer under tf.device("/GPU:0") gives
-the CPU kernel's results (cold and warm cache, int32 and int64 keys, gpucache false, a static
+to place the op on. On such a machine, check that LookupLayer and SparseLookupLayer (no weights, every
+combiner and output dtype) under tf.device("/GPU:0") give the CPU kernel's results (cold and warm cache, int32 and int64 keys, gpucache false, a static
 table, a Redis outage), that hps.stats() counts GPU lookups, and that the pipeline's CUDA 13
 runtime works beside TF's CUDA 12 one (driver R580 or newer).
 """
@@ -86,6 +87,10 @@ def registered():
     return sorted((k.device_type, k.constraint[0].allowed_values.list.type[0], tuple(k.host_memory_arg))
                   for k in kernels.get_registered_kernels_for_op("TfHpsLookup").kernel)
 
+def registered_sparse():
+    return sorted((k.device_type, sorted((c.name, c.allowed_values.list.type[0]) for c in k.constraint),
+                   sorted(k.host_memory_arg)) for k in kernels.get_registered_kernels_for_op("TfHpsSparseLookup").kernel)
+
 lib = tf.load_op_library(op_lib)
 json.dump({"supportlonglong": True, "models": [{"model": "m", "sparse_files": [table],
   "embedding_vecsize_per_table": [8], "maxnum_catfeature_query_per_table_per_sample": [1],
@@ -98,17 +103,26 @@ def lookups():
     return [lib.tf_hps_lookup(keys=keys.astype(dt), ps_handle=handle, model_name="m", table_id=0,
                               emb_vec_size=8).numpy() for dt in (np.int64, np.int32)]
 
-before_kernels = registered()
-before = lookups()
+segments = np.arange(len(keys)) % 50
+
+def sparse():
+    return lib.tf_hps_sparse_lookup(keys=keys, segment_ids=segments, num_rows=np.int64(53), ps_handle=handle,
+                                    model_name="m", table_id=0, emb_vec_size=8, combiner="mean").numpy()
+
+before_kernels, before_sparse_kernels = registered(), registered_sparse()
+before, before_sparse = lookups(), sparse()
 tf.load_library(gpu_lib)
-after_kernels = registered()
-after = lookups()
+after_kernels, after_sparse_kernels = registered(), registered_sparse()
+after, after_sparse = lookups(), sparse()
 # Without a GPU device, a lookup asked for on the GPU is placed on the CPU (soft placement).
 with tf.device("/GPU:0"):
     placed = lib.tf_hps_lookup(keys=keys, ps_handle=handle, model_name="m", table_id=0, emb_vec_size=8).numpy()
+    placed_sparse = sparse()
 maps = [line.split()[-1] for line in open("/proc/self/maps") if "_tf_hps_" in line]
-np.savez(out, keys=keys, before64=before[0], before32=before[1], after64=after[0], after32=after[1], placed=placed)
-print(json.dumps({"before": before_kernels, "after": after_kernels, "mapped": sorted(set(maps))}))
+np.savez(out, keys=keys, before64=before[0], before32=before[1], after64=after[0], after32=after[1], placed=placed,
+         segments=segments, before_sparse=before_sparse, after_sparse=after_sparse, placed_sparse=placed_sparse)
+print(json.dumps({"before": before_kernels, "after": after_kernels, "mapped": sorted(set(maps)),
+                  "before_sparse": before_sparse_kernels, "after_sparse": after_sparse_kernels}))
 """
 
 
@@ -136,6 +150,26 @@ def test_it_loads_into_tensorflow_cpu_after_the_op_library_and_adds_gpu_kernels(
     expected[held] = rows[keys[held]]
     for name in ("before64", "before32", "after64", "after32", "placed"):
         np.testing.assert_array_equal(r[name], expected, err_msg=name)
+
+    # TfHpsSparseLookup: GPU kernels for every key, segment and output dtype, with the segment ids,
+    # the row count and the handle in host memory (the host groups the keys by row).
+    types = {"int32": 3, "int64": 9, "float": 1, "half": 19, "bfloat16": 14}
+    cpu = [kernel for kernel in report["after_sparse"] if kernel[0] == "CPU"]
+    gpu = [kernel for kernel in report["after_sparse"] if kernel[0] == "GPU"]
+    assert report["before_sparse"] == cpu and len(cpu) == 12
+    want = sorted(["GPU", sorted([["Tkeys", types[k]], ["Tsegments", types[s]], ["dtype", types[d]]]),
+                   ["num_rows", "ps_handle", "segment_ids"]]
+                  for k in ("int32", "int64") for s in ("int32", "int64") for d in ("float", "half", "bfloat16"))
+    assert gpu == want
+    # Sparse lookups too are unchanged by loading it, and placed on the CPU without a GPU device.
+    segments = r["segments"]
+    mean = np.zeros((53, 8), np.float32)
+    for row in range(50):
+        mine = expected[segments == row]
+        mean[row] = mine.sum(axis=0) / len(mine)
+    for name in ("before_sparse", "after_sparse", "placed_sparse"):
+        np.testing.assert_array_equal(r[name], r["before_sparse"], err_msg=name)
+    np.testing.assert_allclose(r["before_sparse"], mean, rtol=1e-6)
 
 
 # tf_hps's loader: never loads the GPU kernels where they cannot run, and never breaks CPU users.

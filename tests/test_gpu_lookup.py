@@ -9,15 +9,16 @@ comes from hps_gpu_malloc, so no CUDA binding (CuPy) is needed.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import threading
 
 import numpy as np
 import pytest
 
-from slab_model import (FETCH_FAILED, FETCH_FN, GPU_LIB, GUARD_FN, INT64_MAX, INT64_MIN, INVALID_ARGUMENT,
-                        DeviceArray, GpuLookup, LookupCounts, LookupError_, NumpyTiers, device_lib, last_error,
-                        zipf_keys)
+from slab_model import (COMBINERS, FETCH_FAILED, FETCH_FN, GPU_LIB, GUARD_FN, INT64_MAX, INT64_MIN, INVALID_ARGUMENT,
+                        OUT_TYPES, DeviceArray, GpuLookup, LookupCounts, LookupError_, NumpyTiers, combine_rows_model,
+                        device_lib, group_by_segment, last_error, round_to, zipf_keys)
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -27,6 +28,7 @@ def device_count() -> int:
 
 
 needs_gpu = pytest.mark.skipif(os.path.isfile(GPU_LIB) and device_count() == 0, reason="no CUDA device")
+needs_two_gpus = pytest.mark.skipif(os.path.isfile(GPU_LIB) and device_count() < 2, reason="fewer than 2 CUDA devices")
 
 
 def expected(tiers: NumpyTiers, keys) -> np.ndarray:
@@ -605,3 +607,221 @@ def test_the_cpu_baseline_pipeline_is_exact_and_counts_like_the_gpu_pipeline():
         size += counts[3] - counts[4]
         assert size == cache.size()
     assert size == cache.capacity  # 2 sets under this traffic are full
+
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: online updates racing lookups; two devices.
+
+class VersionedTiers(NumpyTiers):
+    """Tiers whose rows an updater rewrites, with the op library's epoch protocol (gpu_lookup_c_api.h,
+    top; core/parameter_server.cc, UpdateGuard): an update makes the epoch odd, writes the tiers, then
+    L1 (hps_gpu_lookup_update), then makes it even; a fetch notes the epoch before it reads, and the
+    guard lets its rows into L1 only if the epoch is even and unchanged since."""
+
+    def __init__(self, keys, rows):
+        super().__init__(keys, rows)
+        self.epoch = 0
+        self.seen = threading.local()
+        self.guard = lambda: int(self.seen.epoch % 2 == 0 and self.epoch == self.seen.epoch)
+
+    def _fetch(self, ctx, keys_ptr, m, rows_ptr, found_ptr) -> int:
+        self.seen.epoch = self.epoch
+        return super()._fetch(ctx, keys_ptr, m, rows_ptr, found_ptr)
+
+
+@needs_gpu
+def test_online_updates_racing_lookups_never_leave_an_older_row_in_l1():
+    """Four threads look zipf batches up while a fifth updates random rows 300 times: every answer is
+    some version of its key's row, and afterwards every row L1 holds is the newest one."""
+    rng = np.random.default_rng(14)
+    n, dim = 4000, 8
+    rows = np.zeros((n, dim), np.float32)
+    rows[:, 0] = np.arange(n)  # column 0: the key; column 1: the row's version
+    tiers = VersionedTiers(np.arange(n), rows)
+    lookup = GpuLookup.dynamic(64 * 128, dim)  # room for every key: nothing is evicted
+    errors, done = [], threading.Event()
+
+    def reader(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        try:
+            for round_ in itertools.count():
+                if done.is_set() and round_ >= 10:
+                    break
+                batch = zipf_keys(local, int(local.integers(1, 3000)), n)
+                out, _ = lookup.query(batch, tiers, guard=tiers.guard)
+                np.testing.assert_array_equal(out[:, 0], batch.astype(np.float32))
+                assert (out[:, 1] >= 0).all() and (out[:, 2:] == 0).all()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def updater() -> None:
+        try:
+            for version in range(1, 301):
+                keys = np.unique(zipf_keys(rng, 64, n))  # hot keys: the ones L1 holds
+                tiers.epoch += 1
+                tiers.rows[keys, 1] = version
+                lookup.update(keys, tiers.rows[keys])
+                tiers.epoch += 1
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            done.set()
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(4)]
+    threads.append(threading.Thread(target=updater))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert tiers.epoch == 600 and lookup.size() > 0
+    l1, missing = lookup.query_l1(np.arange(n))
+    held = np.setdiff1d(np.arange(n), missing)
+    np.testing.assert_array_equal(l1[held], tiers.rows[held])  # no row older than its last update
+    out, _ = lookup.query(np.arange(n), tiers, guard=tiers.guard)
+    np.testing.assert_array_equal(out, tiers.rows)
+
+
+@needs_two_gpus
+def test_two_devices_hold_a_pipeline_each_and_answer_at_the_same_time():
+    """As deployed_device_list [0, 1] deploys a table: one pipeline per device, made there, queried
+    from a thread on each device at once, each exact against its own tiers."""
+    lib = device_lib()
+    rng = np.random.default_rng(15)
+    made = []
+    try:
+        for device in (0, 1):
+            assert lib.hps_gpu_set_device(device) == 0
+            tiers = random_tiers(rng, np.arange(20_000), 16, default=float(device))
+            made.append((GpuLookup.dynamic(2000, 16), tiers))
+    finally:
+        lib.hps_gpu_set_device(0)
+    errors = []
+
+    def worker(device: int) -> None:
+        lookup, tiers = made[device]
+        local = np.random.default_rng(device)
+        try:
+            assert lib.hps_gpu_set_device(device) == 0  # the batch's buffers live on this device
+            for _ in range(20):
+                batch = zipf_keys(local, int(local.integers(1, 20_000)), 20_100)
+                out, _ = lookup.query(batch, tiers)
+                np.testing.assert_array_equal(out, expected(tiers, batch))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(device,)) for device in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert all(0 < lookup.size() <= 64 * 32 for lookup, _ in made)
+
+
+# ---------------------------------------------------------------------------------------------
+# TfHpsSparseLookup's combine on the device (hps_gpu_combine_segments), against the numpy model
+# of the CPU kernel's order (slab_model.combine_rows_model; tests/test_sparse_lookup.py holds that
+# model to TensorFlow's bits).
+
+def combine_on_device(rows: np.ndarray, segment_ids: np.ndarray, num_rows: int, combiner: str, out_type: str):
+    """The combine's output bits (uint32 for float32, uint16 for the 16-bit types), and the model's."""
+    rows = np.ascontiguousarray(rows, np.float32)
+    nnz, dim = rows.shape
+    offsets, order = group_by_segment(segment_ids, num_rows)
+    d_rows = DeviceArray(rows)
+    d_scratch = DeviceArray(np.zeros(num_rows + 1 + nnz, np.int64), copy=False)
+    bits = np.uint32 if out_type == "float32" else np.uint16
+    d_out = DeviceArray(np.zeros((num_rows, dim), bits), copy=False)
+    rc = device_lib().hps_gpu_combine_segments(d_rows.ptr, nnz, dim, offsets.ctypes.data, order.ctypes.data, num_rows,
+                                               COMBINERS[combiner], OUT_TYPES[out_type], d_scratch.ptr, d_out.ptr,
+                                               None)
+    assert rc == 0, last_error()
+    return d_out.get(), round_to(combine_rows_model(rows, offsets, order, combiner), out_type)
+
+
+def test_the_combine_refuses_invalid_arguments_before_touching_the_device():
+    lib = device_lib()
+    offsets, order = np.array([0, 2, 3], np.int64), np.array([1, 0, 2], np.int64)
+    ok = dict(d_rows=1, nnz=3, dim=4, offsets=offsets.ctypes.data, order=order.ctypes.data, num_rows=2, combiner=1,
+              out_type=0, d_scratch=1, d_out=1)
+    bad_offsets, bad_order, falling = (np.array([0, 2, 4], np.int64), np.array([1, 0, 3], np.int64),
+                                       np.array([0, 3, 2, 3], np.int64))
+    cases = [(dict(nnz=-1), "nnz and num_rows must be >= 0, got -1 and 2"),
+             (dict(dim=0), "dim must be at least 1, got 0"),
+             (dict(combiner=3), "combiner must be 0 (sum), 1 (mean) or 2 (sqrtn), got 3"),
+             (dict(out_type=-1), "out_type must be 0 (float32), 1 (float16) or 2 (bfloat16), got -1"),
+             (dict(d_out=None), "offsets, d_scratch and d_out must not be NULL with num_rows = 2"),
+             (dict(order=None), "order and d_rows must not be NULL with nnz = 3"),
+             (dict(offsets=bad_offsets.ctypes.data), "offsets must start at 0 and end at nnz = 3, got 0 and 4"),
+             (dict(offsets=falling.ctypes.data, num_rows=3),
+              "offsets must not decrease: offsets[2] = 2 < offsets[1] = 3"),
+             (dict(order=bad_order.ctypes.data), "order[2] = 3 is out of range [0, 3)"),
+             (dict(num_rows=0), "nnz = 3 keys need an output row, but num_rows is 0")]
+    for change, message in cases:
+        args = {**ok, **change}
+        assert lib.hps_gpu_combine_segments(*args.values(), None) == INVALID_ARGUMENT, message
+        assert last_error() == f"hps_gpu_combine_segments: {message}"
+    # No output rows: nothing to do, nothing touched (not even the NULL pointers).
+    assert lib.hps_gpu_combine_segments(None, 0, 4, None, None, 0, 0, 0, None, None, None) == 0
+
+
+@needs_gpu
+@pytest.mark.parametrize("out_type", sorted(OUT_TYPES))
+@pytest.mark.parametrize("combiner", sorted(COMBINERS))
+@pytest.mark.parametrize("dim", [1, 5, 16, 128, 300])
+def test_the_combine_gives_the_cpu_kernels_bits_for_every_row_length(combiner, out_type, dim):
+    """Row lengths 0 to 41 (empty rows, one key, the first group's sizes, the scale below 10 keys and
+    the divisor from 10), keys out of row order, widths below a warp, with tails and above one block."""
+    rng = np.random.default_rng(dim)
+    lengths = rng.permutation(np.arange(42))
+    segment_ids = rng.permutation(np.repeat(np.arange(len(lengths)), lengths))
+    rows = (rng.standard_normal((segment_ids.size, dim)) * rng.uniform(0.01, 100.0, (segment_ids.size, 1)))
+    got, want = combine_on_device(rows.astype(np.float32), segment_ids, len(lengths) + 3, combiner, out_type)
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_gpu
+@pytest.mark.parametrize("out_type", sorted(OUT_TYPES))
+def test_the_combine_flushes_subnormals_as_tfs_cpu_kernels_do(out_type):
+    """Subnormal rows, and small normal ones whose sums fall below the normal range: flushed to zeros
+    of their sign in every operation (a single key's row is copied as it is)."""
+    rng = np.random.default_rng(4)
+    lengths = rng.permutation(np.arange(30))
+    segment_ids = rng.permutation(np.repeat(np.arange(len(lengths)), lengths))
+    rows = rng.choice([-1, 1], size=(segment_ids.size, 16)) * rng.uniform(1.2e-38, 2e-38, (segment_ids.size, 16))
+    rows[rng.random(rows.shape) < 0.3] = 3e-39
+    for combiner in sorted(COMBINERS):
+        got, want = combine_on_device(rows.astype(np.float32), segment_ids, len(lengths), combiner, out_type)
+        np.testing.assert_array_equal(got, want)
+
+
+@needs_gpu
+def test_the_combine_of_a_batch_without_keys_is_zeros_and_a_large_batch_matches():
+    got, want = combine_on_device(np.zeros((0, 8), np.float32), np.zeros(0, np.int64), 5, "mean", "float32")
+    assert not got.any() and not want.any()
+    rng = np.random.default_rng(3)
+    segment_ids = rng.integers(0, 20_000, size=300_000)  # about 15 keys a row, many grid-stride rounds
+    rows = rng.standard_normal((segment_ids.size, 32)).astype(np.float32)
+    got, want = combine_on_device(rows, segment_ids, 20_000, "sqrtn", "float32")
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_gpu
+@pytest.mark.parametrize("key_dtype", [np.int64, np.int32])
+def test_the_pipeline_then_the_combine_answer_a_ragged_batch_as_the_cpu_kernel(key_dtype):
+    """What TfHpsSparseLookup's GPU kernel runs: one row per key from the pipeline (cold, then warm),
+    then the combine, against the numpy tiers and the model."""
+    rng = np.random.default_rng(5)
+    dim = 24
+    tiers = random_tiers(rng, np.arange(5000, dtype=np.int64), dim)
+    lookup = GpuLookup.dynamic(64 * 16, dim, key_dtype)
+    for _ in range(3):
+        segment_ids = rng.integers(0, 700, size=4000)
+        keys = zipf_keys(rng, segment_ids.size, 6000).astype(key_dtype)  # some above 4999: the default
+        rows, _ = lookup.query(keys, tiers)
+        np.testing.assert_array_equal(rows, expected(tiers, keys))
+        for combiner in sorted(COMBINERS):
+            got, want = combine_on_device(rows, segment_ids, 700, combiner, "float32")
+            np.testing.assert_array_equal(got, want)

@@ -514,3 +514,45 @@ def test_the_weighted_op_follows_the_reduction_order_of_each_packet_width(tables
             keys=keys, segment_ids=segments, num_rows=len(keys_of_rows), ps_handle=layer._handle(),
             weights=weights, divisor_weights=weights, max_norm=np.float32(0.3), model_name="foo", table_id=0,
             emb_vec_size=dim, combiner="sum", weighted=True, clip=False, lanes=5)
+
+
+# --- the numpy model of the combine order, the reference of the GPU combine ---------------------------------------
+
+
+@pytest.mark.parametrize("combiner", COMBINERS)
+def test_the_numpy_model_of_the_combine_is_tf_and_the_op_bit_for_bit(env, combiner):
+    """tests/slab_model.combine_rows_model (what tests/test_gpu_lookup.py holds the GPU combine to, on a
+    machine without TensorFlow) gives TF's tf.sparse.segment_* bits and this op's, for every row length
+    from 0 to 41 (the first group's sizes, the scale below 10 keys and the divisor from 10), with keys
+    given out of row order."""
+    from slab_model import combine_rows_model, group_by_segment, round_to
+    make, dense, path = env
+    rng = np.random.default_rng(11)
+    lengths = np.arange(42)
+    segment_ids = rng.permutation(np.repeat(np.arange(len(lengths)), lengths))  # unsorted
+    keys = rng.integers(0, 1000, size=segment_ids.size)
+    rows = dense[keys]
+    offsets, order = group_by_segment(segment_ids, len(lengths))
+    model = combine_rows_model(rows, offsets, order, combiner)
+    segment_op = {"sum": tf.sparse.segment_sum, "mean": tf.sparse.segment_mean, "sqrtn": tf.sparse.segment_sqrt_n}
+    theirs = segment_op[combiner](rows, order, np.sort(segment_ids), num_segments=len(lengths)).numpy()
+    assert_bitwise_equal(model, theirs)
+    ours = raw_sparse_lookup(path, tf.constant(keys, tf.int64), tf.constant(segment_ids, tf.int64),
+                             tf.constant(len(lengths), tf.int64), combiner=combiner).numpy()
+    assert_bitwise_equal(model, ours)
+    # Subnormal rows, and small normal ones whose sums land below the normal range: TF's CPU kernels
+    # flush them (FTZ and DAZ), and so does the model (and the GPU combine).
+    tiny = rows.copy()
+    pick = rng.random(tiny.shape)
+    tiny[pick < 0.15] = rng.uniform(-1e-38, 1e-38, size=int((pick < 0.15).sum()))
+    tiny[pick > 0.85] = rng.choice([-1, 1], size=int((pick > 0.85).sum())) * rng.uniform(1.2e-38, 2e-38,
+                                                                                        size=int((pick > 0.85).sum()))
+    assert_bitwise_equal(combine_rows_model(tiny, offsets, order, combiner),
+                         segment_op[combiner](tiny, order, np.sort(segment_ids), num_segments=len(lengths)).numpy())
+    # The model's rounding to the 16-bit output types is TF's cast (and this op's output), bit for bit.
+    for name, dtype in (("float16", tf.float16), ("bfloat16", tf.bfloat16)):
+        want = tf.bitcast(tf.cast(model, dtype), tf.uint16).numpy()
+        np.testing.assert_array_equal(round_to(model, name), want, err_msg=name)
+        op = raw_sparse_lookup(path, tf.constant(keys, tf.int64), tf.constant(segment_ids, tf.int64),
+                               tf.constant(len(lengths), tf.int64), combiner=combiner, dtype=dtype)
+        np.testing.assert_array_equal(round_to(model, name), tf.bitcast(op, tf.uint16).numpy(), err_msg=name)

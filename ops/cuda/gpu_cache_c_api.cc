@@ -83,6 +83,8 @@ TF_HPS_EXPORT int hps_gpu_memcpy(void* dst, const void* src, size_t bytes) {
 
 TF_HPS_EXPORT int hps_gpu_synchronize(void) { return cudaDeviceSynchronize(); }
 
+TF_HPS_EXPORT int hps_gpu_set_device(int device) { return cudaSetDevice(device); }
+
 TF_HPS_EXPORT int hps_gpu_device_name(char* name, size_t size) {
   if (name == nullptr || size == 0) return cudaErrorInvalidValue;
   int device = 0;

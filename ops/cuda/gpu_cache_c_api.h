@@ -72,6 +72,10 @@ int hps_gpu_free(void* d_ptr);
 /* Synchronous copy in any direction (host and device pointers alike). */
 int hps_gpu_memcpy(void* dst, const void* src, size_t bytes);
 int hps_gpu_synchronize(void);
+/* Makes `device` the calling thread's current device (cudaSetDevice): caches, pipelines and
+ * hps_gpu_malloc memory made afterwards on this thread live there. A pipeline keeps the device it
+ * was made on and makes it current around each of its calls. */
+int hps_gpu_set_device(int device);
 /* The current device's name, NUL-terminated, into name (size bytes). */
 int hps_gpu_device_name(char* name, size_t size);
 

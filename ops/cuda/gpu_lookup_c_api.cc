@@ -5,13 +5,20 @@
 #include <memory>
 #include <string>
 
+#include "ops/cuda/gpu_combine.h"
 #include "ops/cuda/gpu_lookup.h"
+#include "ops/sparse_combine.h"
 
 #define TF_HPS_EXPORT __attribute__((visibility("default")))
 
 static_assert(HPS_GPU_LOOKUP_FETCH_FAILED == tf_hps::kGpuLookupFetchFailed, "codes of the C ABI and the pipeline");
 static_assert(HPS_GPU_LOOKUP_INVALID_ARGUMENT == tf_hps::kGpuLookupInvalidArgument, "codes of the C ABI and the pipeline");
 static_assert(HPS_GPU_LOOKUP_INTERNAL == tf_hps::kGpuLookupInternal, "codes of the C ABI and the pipeline");
+
+static_assert(HPS_GPU_COMBINE_SUM == static_cast<int>(tf_hps::Combiner::kSum) &&
+                  HPS_GPU_COMBINE_MEAN == static_cast<int>(tf_hps::Combiner::kMean) &&
+                  HPS_GPU_COMBINE_SQRTN == static_cast<int>(tf_hps::Combiner::kSqrtn),
+              "combiners of the C ABI and ops/sparse_combine.h");
 
 struct hps_gpu_lookup {
   std::unique_ptr<tf_hps::GpuLookup> impl;
@@ -152,6 +159,46 @@ TF_HPS_EXPORT int64_t hps_gpu_lookup_evicted(hps_gpu_lookup* lookup) {
   if (lookup == nullptr) return Invalid(fn, "lookup is NULL"), -1;
   int64_t evicted = 0;
   return Report(fn, lookup->impl->EvictedTotal(&evicted)) == 0 ? evicted : -1;
+}
+
+TF_HPS_EXPORT int hps_gpu_combine_segments(const float* d_rows, int64_t nnz, int64_t dim, const int64_t* offsets,
+                                           const int64_t* order, int64_t num_rows, int combiner, int out_type,
+                                           int64_t* d_scratch, void* d_out, void* stream) {
+  const char* fn = "hps_gpu_combine_segments";
+  if (nnz < 0 || num_rows < 0) {
+    return Invalid(fn, "nnz and num_rows must be >= 0, got " + std::to_string(nnz) + " and " +
+                           std::to_string(num_rows));
+  }
+  if (dim < 1) return Invalid(fn, "dim must be at least 1, got " + std::to_string(dim));
+  if (combiner < HPS_GPU_COMBINE_SUM || combiner > HPS_GPU_COMBINE_SQRTN)
+    return Invalid(fn, "combiner must be 0 (sum), 1 (mean) or 2 (sqrtn), got " + std::to_string(combiner));
+  if (out_type < HPS_GPU_OUT_FLOAT32 || out_type > HPS_GPU_OUT_BFLOAT16)
+    return Invalid(fn, "out_type must be 0 (float32), 1 (float16) or 2 (bfloat16), got " + std::to_string(out_type));
+  if (num_rows == 0) {
+    if (nnz == 0) return 0;
+    return Invalid(fn, "nnz = " + std::to_string(nnz) + " keys need an output row, but num_rows is 0");
+  }
+  if (offsets == nullptr || d_scratch == nullptr || d_out == nullptr)
+    return Invalid(fn, "offsets, d_scratch and d_out must not be NULL with num_rows = " + std::to_string(num_rows));
+  if (nnz > 0 && (order == nullptr || d_rows == nullptr))
+    return Invalid(fn, "order and d_rows must not be NULL with nnz = " + std::to_string(nnz));
+  if (offsets[0] != 0 || offsets[num_rows] != nnz)
+    return Invalid(fn, "offsets must start at 0 and end at nnz = " + std::to_string(nnz) + ", got " +
+                           std::to_string(offsets[0]) + " and " + std::to_string(offsets[num_rows]));
+  for (int64_t r = 0; r < num_rows; ++r) {
+    if (offsets[r + 1] < offsets[r])
+      return Invalid(fn, "offsets must not decrease: offsets[" + std::to_string(r + 1) + "] = " +
+                             std::to_string(offsets[r + 1]) + " < offsets[" + std::to_string(r) + "] = " +
+                             std::to_string(offsets[r]));
+  }
+  for (int64_t k = 0; k < nnz; ++k) {
+    if (order[k] < 0 || order[k] >= nnz)
+      return Invalid(fn, "order[" + std::to_string(k) + "] = " + std::to_string(order[k]) + " is out of range [0, " +
+                             std::to_string(nnz) + ")");
+  }
+  return Report(fn, tf_hps::CombineSegments(d_rows, nnz, dim, offsets, order, num_rows, combiner,
+                                            static_cast<tf_hps::GpuOutputType>(out_type), d_scratch, d_out,
+                                            static_cast<cudaStream_t>(stream)));
 }
 
 TF_HPS_EXPORT const char* hps_gpu_lookup_last_error(void) { return last_error.c_str(); }

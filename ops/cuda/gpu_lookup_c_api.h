@@ -160,6 +160,35 @@ int64_t hps_gpu_lookup_evicted(hps_gpu_lookup* lookup);
 int hps_gpu_lookup_query_l1(hps_gpu_lookup* lookup, const void* d_keys, int64_t n, float* d_values,
                             int64_t* d_missing_index, int64_t* d_missing_count, void* stream);
 
+/* Combiners and output types of hps_gpu_combine_segments. */
+#define HPS_GPU_COMBINE_SUM 0
+#define HPS_GPU_COMBINE_MEAN 1
+#define HPS_GPU_COMBINE_SQRTN 2
+#define HPS_GPU_OUT_FLOAT32 0
+#define HPS_GPU_OUT_FLOAT16 1
+#define HPS_GPU_OUT_BFLOAT16 2
+
+/* TfHpsSparseLookup's combine on the device. d_rows (nnz, dim) float32 holds
+ * the looked-up row of each key of a ragged batch, in key order (what
+ * hps_gpu_lookup_query writes). Output row r of d_out (num_rows, dim, of
+ * out_type) combines the rows d_rows[order[k]] for k in offsets[r] ..
+ * offsets[r + 1] - 1, in that order, as the CPU kernel does
+ * (ops/sparse_combine.h: sum, mean or sqrtn, the same float32 bits), rounded
+ * to out_type once (to nearest even); a row with no keys is zeros. As in
+ * TensorFlow's CPU kernels, subnormal inputs and results are flushed to
+ * zero; NaNs come out as the device's canonical NaN (their payload and sign
+ * may differ from the CPU's). offsets (num_rows + 1: 0 first,
+ * non-decreasing, nnz last) and order (nnz, values in [0, nnz)) are host
+ * arrays, checked, then copied through a pinned buffer of the calling thread
+ * into d_scratch (device, num_rows + 1 + nnz int64) on `stream`; the caller
+ * may reuse them when the call returns (the thread's next call waits for this
+ * copy before it reuses the pinned buffer). Asynchronous on `stream` (a
+ * cudaStream_t): d_out is ready when the stream has run it, and d_scratch
+ * must live until then. num_rows == 0 (with nnz == 0) touches nothing. */
+int hps_gpu_combine_segments(const float* d_rows, int64_t nnz, int64_t dim, const int64_t* offsets,
+                             const int64_t* order, int64_t num_rows, int combiner, int out_type, int64_t* d_scratch,
+                             void* d_out, void* stream);
+
 /* The last failure of the calling thread, NUL-terminated ("" if none). */
 const char* hps_gpu_lookup_last_error(void);
 

@@ -1,5 +1,5 @@
-// GPU kernels of TfHpsLookup: keys in device memory, embeddings written to
-// device memory on TensorFlow's compute stream.
+// GPU kernels of TfHpsLookup and TfHpsSparseLookup: keys in device memory,
+// embeddings written to device memory on TensorFlow's compute stream.
 //
 // This file is plain C++ (g++, -DGOOGLE_CUDA=1) and launches no CUDA work of
 // its own: the whole device-side pipeline (dedup -> L1 -> misses to the host
@@ -320,90 +320,42 @@ int DeviceOrdinal(OpKernelContext* ctx) {
                                            " reports no GPU id");
 }
 
-template <typename K>
-class GpuLookupOp : public OpKernel {
+// The server, table and pipeline a kernel instance serves, found once per
+// handle (a kernel instance lives on one device, so the handle is the only
+// thing that can change), with the op's attrs checked against the config as
+// the CPU kernels do.
+class GpuTableBinding {
  public:
-  explicit GpuLookupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("model_name", &model_name_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("table_id", &table_id_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("emb_vec_size", &emb_vec_size_));
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& keys = ctx->input(0);
-    const Tensor& handle = ctx->input(1);
-    OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(handle.shape()),
-                absl::InvalidArgumentError("ps_handle must be a scalar string"));
-    RunKernelGuarded(ctx, [&] {
-      const auto start = std::chrono::steady_clock::now();
-      Resolved resolved = Resolve(ctx, handle.scalar<tensorflow::tstring>()());
-
-      TensorShape out_shape = keys.shape();
-      OP_REQUIRES_OK(ctx, out_shape.AddDimWithStatus(emb_vec_size_));
-      Tensor* out = nullptr;
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
-      const int64_t n = keys.NumElements();
-      if (n == 0) return;
-
-      FetchContext fetch;
-      fetch.server = resolved.server.get();
-      fetch.table = resolved.table;
-      // The fetch callback runs on this thread; the databases' work spreads
-      // over TF's CPU worker pool, as in the CPU kernel.
-      auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-      fetch.parallel_for = [workers](int64_t total, int64_t cost,
-                                     const std::function<void(int64_t, int64_t)>& work) {
-        workers->ParallelFor(total, cost, work);
-      };
-      hps_gpu_lookup_counts counts{};
-      const int rc = hps_gpu_lookup_query(resolved.pipeline, keys.flat<K>().data(), n, out->flat<float>().data(),
-                                          &FetchMisses, &fetch, &InsertGuard, &fetch, ComputeStream(ctx), &counts);
-      if (fetch.error) std::rethrow_exception(fetch.error);
-      if (rc != 0) ThrowGpuError(rc, "lookup of " + std::to_string(n) + " keys in table " + resolved.table->tag);
-
-      // hps.stats() shows GPU and CPU lookups of a table in the same counters.
-      // vdb_hits, pdb_hits and defaults were counted by FetchFromDatabases.
-      TableStats& stats = resolved.table->stats;
-      stats.lookups.fetch_add(1, std::memory_order_relaxed);
-      stats.keys.fetch_add(counts.keys, std::memory_order_relaxed);
-      stats.l1_hits.fetch_add(counts.l1_hits, std::memory_order_relaxed);
-      stats.missed_keys.fetch_add(counts.missed_keys, std::memory_order_relaxed);
-      stats.cache_inserted.fetch_add(counts.inserted, std::memory_order_relaxed);
-      stats.cache_evicted.fetch_add(counts.evicted, std::memory_order_relaxed);
-      // Host time of the call: the work is enqueued on the stream, which is
-      // only waited for when some key missed L1, so an all-hit batch records
-      // its launch time, not its GPU time.
-      stats.RecordLatency(
-          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
-    });
-  }
-
- private:
   struct Resolved {
     std::shared_ptr<const ParameterServer> server;
     const EmbeddingTable* table = nullptr;
     hps_gpu_lookup* pipeline = nullptr;
   };
 
-  // Finds the server, table and pipeline once per handle (a kernel instance
-  // lives on one device, so the handle is the only thing that can change),
-  // checking the op's attrs against the config as the CPU kernel does.
-  Resolved Resolve(OpKernelContext* ctx, const std::string& handle) {
+  explicit GpuTableBinding(OpKernelConstruction* ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("model_name", &model_name_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("table_id", &table_id_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("emb_vec_size", &emb_vec_size_));
+  }
+
+  int64_t emb_vec_size() const { return emb_vec_size_; }
+
+  Resolved Resolve(OpKernelContext* ctx, const std::string& handle, int key_bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (handle != handle_) {
       Resolved found;
       found.server = ParameterServerRegistry::Global().Find(handle);
       found.table = &found.server->FindTable(model_name_, table_id_);
-      CheckLookupAttrs(*found.server, *found.table, model_name_, table_id_, emb_vec_size_,
-                       std::is_same_v<K, int64_t>);
+      CheckLookupAttrs(*found.server, *found.table, model_name_, table_id_, emb_vec_size_, key_bytes == 8);
       found.pipeline = GpuPipelines::Global().GetOrCreate(handle, *found.server, *found.table, table_id_,
-                                                          DeviceOrdinal(ctx), static_cast<int>(sizeof(K)));
+                                                          DeviceOrdinal(ctx), key_bytes);
       resolved_ = std::move(found);
       handle_ = handle;
     }
     return resolved_;
   }
 
+ private:
   std::string model_name_;
   int64_t table_id_ = 0;
   int64_t emb_vec_size_ = 0;
@@ -412,8 +364,180 @@ class GpuLookupOp : public OpKernel {
   Resolved resolved_;
 };
 
+// Looks n device keys up through the pipeline into d_out (n, dim) float32 on
+// the op's stream, and counts the call into the table's stats.
+void QueryOnGpu(OpKernelContext* ctx, const GpuTableBinding::Resolved& resolved, const void* d_keys, int64_t n,
+                float* d_out, std::chrono::steady_clock::time_point start) {
+  FetchContext fetch;
+  fetch.server = resolved.server.get();
+  fetch.table = resolved.table;
+  // The fetch callback runs on this thread; the databases' work spreads
+  // over TF's CPU worker pool, as in the CPU kernel.
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  fetch.parallel_for = [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& work) {
+    workers->ParallelFor(total, cost, work);
+  };
+  hps_gpu_lookup_counts counts{};
+  const int rc = hps_gpu_lookup_query(resolved.pipeline, d_keys, n, d_out, &FetchMisses, &fetch, &InsertGuard,
+                                      &fetch, ComputeStream(ctx), &counts);
+  if (fetch.error) std::rethrow_exception(fetch.error);
+  if (rc != 0) ThrowGpuError(rc, "lookup of " + std::to_string(n) + " keys in table " + resolved.table->tag);
+
+  // hps.stats() shows GPU and CPU lookups of a table in the same counters.
+  // vdb_hits, pdb_hits and defaults were counted by FetchFromDatabases.
+  TableStats& stats = resolved.table->stats;
+  stats.lookups.fetch_add(1, std::memory_order_relaxed);
+  stats.keys.fetch_add(counts.keys, std::memory_order_relaxed);
+  stats.l1_hits.fetch_add(counts.l1_hits, std::memory_order_relaxed);
+  stats.missed_keys.fetch_add(counts.missed_keys, std::memory_order_relaxed);
+  stats.cache_inserted.fetch_add(counts.inserted, std::memory_order_relaxed);
+  stats.cache_evicted.fetch_add(counts.evicted, std::memory_order_relaxed);
+  // Host time of the call: the work is enqueued on the stream, which is
+  // only waited for when some key missed L1, so an all-hit batch records
+  // its launch time, not its GPU time.
+  stats.RecordLatency(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count());
+}
+
+template <typename K>
+class GpuLookupOp : public OpKernel {
+ public:
+  explicit GpuLookupOp(OpKernelConstruction* ctx) : OpKernel(ctx), binding_(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& keys = ctx->input(0);
+    const Tensor& handle = ctx->input(1);
+    OP_REQUIRES(ctx, ::tensorflow::TensorShapeUtils::IsScalar(handle.shape()),
+                absl::InvalidArgumentError("ps_handle must be a scalar string"));
+    RunKernelGuarded(ctx, [&] {
+      const auto start = std::chrono::steady_clock::now();
+      const GpuTableBinding::Resolved resolved =
+          binding_.Resolve(ctx, handle.scalar<tensorflow::tstring>()(), static_cast<int>(sizeof(K)));
+      TensorShape out_shape = keys.shape();
+      OP_REQUIRES_OK(ctx, out_shape.AddDimWithStatus(binding_.emb_vec_size()));
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
+      const int64_t n = keys.NumElements();
+      if (n == 0) return;
+      QueryOnGpu(ctx, resolved, keys.flat<K>().data(), n, out->flat<float>().data(), start);
+    });
+  }
+
+ private:
+  GpuTableBinding binding_;
+};
+
+// The output dtype's code in hps_gpu_combine_segments.
+template <typename T>
+constexpr int OutTypeOf() {
+  if constexpr (std::is_same_v<T, float>) return HPS_GPU_OUT_FLOAT32;
+  if constexpr (std::is_same_v<T, Eigen::half>) return HPS_GPU_OUT_FLOAT16;
+  return HPS_GPU_OUT_BFLOAT16;
+}
+
+// TfHpsSparseLookup on the GPU: keys stay in device memory and are looked up
+// through the table's pipeline, one row per key (the pipeline asks for each
+// distinct key once); segment_ids come to the host (HostMemory), which groups
+// the keys by output row with the CPU kernel's stable counting sort and its
+// checks; the device then combines each row in the CPU kernel's order
+// (hps_gpu_combine_segments, ops/sparse_combine.h), so both kernels give the
+// same bits. Weights and max_norm (TfHpsWeightedSparseLookup) run on the CPU.
+template <typename K, typename S, typename T>
+class GpuSparseLookupOp : public OpKernel {
+ public:
+  explicit GpuSparseLookupOp(OpKernelConstruction* ctx) : OpKernel(ctx), binding_(ctx) {
+    std::string combiner;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("combiner", &combiner));
+    if (combiner == "sum") {
+      combiner_ = HPS_GPU_COMBINE_SUM;
+    } else if (combiner == "mean") {
+      combiner_ = HPS_GPU_COMBINE_MEAN;
+    } else if (combiner == "sqrtn") {
+      combiner_ = HPS_GPU_COMBINE_SQRTN;
+    } else {
+      ctx->CtxFailure(absl::InvalidArgumentError("combiner must be 'sum', 'mean' or 'sqrtn', got '" + combiner +
+                                                 "'"));
+    }
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    using ::tensorflow::TensorShapeUtils;
+    const Tensor& keys = ctx->input(0);
+    const Tensor& segment_ids = ctx->input(1);
+    const Tensor& num_rows_t = ctx->input(2);
+    const Tensor& handle = ctx->input(3);
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(keys.shape()),
+                absl::InvalidArgumentError("keys must be a vector, got shape " + keys.shape().DebugString()));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(segment_ids.shape()),
+                absl::InvalidArgumentError("segment_ids must be a vector, got shape " +
+                                           segment_ids.shape().DebugString()));
+    const int64_t nnz = keys.NumElements();
+    OP_REQUIRES(ctx, segment_ids.NumElements() == nnz,
+                absl::InvalidArgumentError("segment_ids has " + std::to_string(segment_ids.NumElements()) +
+                                           " values but keys has " + std::to_string(nnz)));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(num_rows_t.shape()),
+                absl::InvalidArgumentError("num_rows must be a scalar"));
+    const int64_t num_rows = num_rows_t.scalar<int64_t>()();
+    OP_REQUIRES(ctx, num_rows >= 0,
+                absl::InvalidArgumentError("num_rows must be >= 0, got " + std::to_string(num_rows)));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(handle.shape()),
+                absl::InvalidArgumentError("ps_handle must be a scalar string"));
+
+    RunKernelGuarded(ctx, [&] {
+      const auto start = std::chrono::steady_clock::now();
+      const GpuTableBinding::Resolved resolved =
+          binding_.Resolve(ctx, handle.scalar<tensorflow::tstring>()(), static_cast<int>(sizeof(K)));
+      const int64_t dim = binding_.emb_vec_size();
+      TensorShape out_shape;
+      OP_REQUIRES_OK(ctx, TensorShape::BuildTensorShape({num_rows, dim}, &out_shape));
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
+
+      // Group the keys by output row (host): offsets (num_rows + 1), order (nnz).
+      // Every segment id is checked first, as on the CPU, also when there are no rows.
+      thread_local std::vector<int64_t> offsets;
+      thread_local std::vector<int64_t> order;
+      thread_local std::vector<int64_t> cursor;
+      offsets.assign(num_rows + 1, 0);
+      order.resize(nnz);
+      const S* segments = segment_ids.flat<S>().data();
+      for (int64_t i = 0; i < nnz; ++i) {
+        const int64_t s = static_cast<int64_t>(segments[i]);
+        if (s < 0 || s >= num_rows)
+          ThrowInvalidArgument("segment_ids[" + std::to_string(i) + "] = " + std::to_string(s) +
+                               " is out of range [0, " + std::to_string(num_rows) +
+                               "): each key's row must be below num_rows (a SparseTensor's dense_shape[0])");
+        ++offsets[s + 1];
+      }
+      if (num_rows == 0) return;
+      for (int64_t r = 0; r < num_rows; ++r) offsets[r + 1] += offsets[r];
+      cursor.assign(offsets.begin(), offsets.end() - 1);
+      for (int64_t i = 0; i < nnz; ++i) order[cursor[static_cast<int64_t>(segments[i])]++] = i;
+
+      // One row per key on the device, then the combine; both on the op's stream.
+      Tensor rows;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT, TensorShape({std::max<int64_t>(nnz, 1), dim}),
+                                             &rows));
+      Tensor scratch;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_INT64, TensorShape({num_rows + 1 + nnz}), &scratch));
+      if (nnz > 0) QueryOnGpu(ctx, resolved, keys.flat<K>().data(), nnz, rows.flat<float>().data(), start);
+      const int rc = hps_gpu_combine_segments(rows.flat<float>().data(), nnz, dim, offsets.data(), order.data(),
+                                              num_rows, combiner_, OutTypeOf<T>(), scratch.flat<int64_t>().data(),
+                                              out->flat<T>().data(), ComputeStream(ctx));
+      if (rc != 0)
+        ThrowGpuError(rc, "combining " + std::to_string(nnz) + " rows into " + std::to_string(num_rows) +
+                              " in table " + resolved.table->tag);
+    });
+  }
+
+ private:
+  GpuTableBinding binding_;
+  int combiner_ = HPS_GPU_COMBINE_MEAN;
+};
+
 // Keys and embeddings stay in device memory; the handle names a host-side
-// server, so TensorFlow keeps it on the host.
+// server, so TensorFlow keeps it on the host (with the sparse kernels'
+// segment ids and row count, which the host groups).
 REGISTER_KERNEL_BUILDER(Name("TfHpsLookup")
                             .Device(::tensorflow::DEVICE_GPU)
                             .HostMemory("ps_handle")
@@ -424,6 +548,27 @@ REGISTER_KERNEL_BUILDER(Name("TfHpsLookup")
                             .HostMemory("ps_handle")
                             .TypeConstraint<int64_t>("Tkeys"),
                         GpuLookupOp<int64_t>);
+
+#define TF_HPS_REGISTER_GPU_SPARSE_LOOKUP(K, S, T)            \
+  REGISTER_KERNEL_BUILDER(Name("TfHpsSparseLookup")           \
+                              .Device(::tensorflow::DEVICE_GPU) \
+                              .HostMemory("segment_ids")      \
+                              .HostMemory("num_rows")         \
+                              .HostMemory("ps_handle")        \
+                              .TypeConstraint<K>("Tkeys")     \
+                              .TypeConstraint<S>("Tsegments") \
+                              .TypeConstraint<T>("dtype"),    \
+                          GpuSparseLookupOp<K, S, T>);
+#define TF_HPS_REGISTER_GPU_SPARSE_LOOKUP_ALL_DTYPES(K, S)    \
+  TF_HPS_REGISTER_GPU_SPARSE_LOOKUP(K, S, float)              \
+  TF_HPS_REGISTER_GPU_SPARSE_LOOKUP(K, S, Eigen::half)        \
+  TF_HPS_REGISTER_GPU_SPARSE_LOOKUP(K, S, ::tensorflow::bfloat16)
+TF_HPS_REGISTER_GPU_SPARSE_LOOKUP_ALL_DTYPES(int32_t, int32_t)
+TF_HPS_REGISTER_GPU_SPARSE_LOOKUP_ALL_DTYPES(int32_t, int64_t)
+TF_HPS_REGISTER_GPU_SPARSE_LOOKUP_ALL_DTYPES(int64_t, int32_t)
+TF_HPS_REGISTER_GPU_SPARSE_LOOKUP_ALL_DTYPES(int64_t, int64_t)
+#undef TF_HPS_REGISTER_GPU_SPARSE_LOOKUP_ALL_DTYPES
+#undef TF_HPS_REGISTER_GPU_SPARSE_LOOKUP
 
 }  // namespace
 }  // namespace tf_hps
