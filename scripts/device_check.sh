@@ -74,7 +74,7 @@ if [ "$status" -eq 0 ]; then
   fi
   skipped=$(grep -oE '[0-9]+ skipped' <<<"$result" | grep -oE '[0-9]+' || true)
   if [ -n "$skipped" ]; then
-    not_run+=("$skipped tests, skipped: $(grep '^SKIPPED' "$out/tests.log" | sed 's/.*: //' | sort -u | paste -sd ';' -)")
+    not_run+=("$skipped tests, skipped: $(grep '^SKIPPED' "$out/tests.log" | sed 's/.*: //' | sort -u | paste -sd ';' - | sed 's/;/; /g')")
   fi
 else
   not_run+=("the tests: the build failed")
