@@ -92,6 +92,40 @@ inline void TouchRelaxed(uint64_t* slot_stamp, uint64_t stamp) {
   if (__atomic_load_n(slot_stamp, __ATOMIC_RELAXED) < stamp) __atomic_store_n(slot_stamp, stamp, __ATOMIC_RELAXED);
 }
 
+// TouchRelaxed that tells whether it moved the stamp to `stamp`, so the first
+// position of a batch that hits a key is told apart from its repeats. Two
+// threads touching a way at once may both say so (a locked exchange would
+// settle it, but would also wait for every store before it, the row copies
+// included): the count is exact on one thread and at most a little high
+// across threads, which only the batch's hit rate reads.
+inline bool TouchCounted(uint64_t* slot_stamp, uint64_t stamp) {
+  if (__atomic_load_n(slot_stamp, __ATOMIC_RELAXED) >= stamp) return false;
+  __atomic_store_n(slot_stamp, stamp, __ATOMIC_RELAXED);
+  return true;
+}
+
+// A way's tag: one byte of its key's mix (not the bits that pick the set or
+// the first slab), never 0, which marks an empty way.
+inline uint8_t TagOfMix(uint64_t mix) {
+  const uint8_t tag = static_cast<uint8_t>(mix >> 8);
+  return tag == 0 ? 1 : tag;
+}
+
+// Lanes of a slab (32 tags) whose tag is `tag`.
+inline uint32_t TagMask(const uint8_t* tags, uint8_t tag) {
+#ifdef TF_HPS_SLAB_SSE2
+  const __m128i want = _mm_set1_epi8(static_cast<char>(tag));
+  const __m128i low = _mm_load_si128(reinterpret_cast<const __m128i*>(tags));
+  const __m128i high = _mm_load_si128(reinterpret_cast<const __m128i*>(tags + 16));
+  return static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(low, want))) |
+         (static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(high, want))) << 16);
+#else
+  uint32_t mask = 0;
+  for (int lane = 0; lane < slab::kLanes; ++lane) mask |= static_cast<uint32_t>(tags[lane] == tag) << lane;
+  return mask;
+#endif
+}
+
 }  // namespace
 
 EmbeddingCache::EmbeddingCache(int64_t capacity_rows, int64_t dim)
@@ -100,6 +134,7 @@ EmbeddingCache::EmbeddingCache(int64_t capacity_rows, int64_t dim)
       row_bytes_(dim * sizeof(float)),
       keys_(AllocateAligned<int64_t>(num_sets_ * kWays, true)),
       stamps_(AllocateAligned<uint64_t>(num_sets_ * kWays, true)),
+      tags_(AllocateAligned<uint8_t>(num_sets_ * kWays, true)),
       // Rows are read only after they are written, so they need no zeroing
       // (and untouched pages of a large cache cost nothing).
       values_(AllocateAligned<float>(num_sets_ * kWays * dim, false)),
@@ -118,6 +153,22 @@ inline void EmbeddingCache::PrefetchSet(slab::Home home) const {
     __builtin_prefetch(keys_.get() + slot + lane);
     __builtin_prefetch(stamps_.get() + slot + lane, 1);
   }
+}
+
+// The ways of `home`'s set whose tag is `tag`, as bits in probe order: bit i
+// < 32 is lane i of the first slab, bit 32 + i lane i of the other. As in
+// slab::FindWay, a first slab with an empty way is the only one the key can
+// be in. Every way holding the key is a candidate; the caller compares keys.
+inline uint64_t EmbeddingCache::CandidateWays(slab::Home home, uint8_t tag) const {
+  const uint8_t* set_tags = tags_.get() + home.set * kWays;
+  const uint8_t* first = set_tags + home.first_slab * slab::kLanes;
+  const uint32_t match = TagMask(first, tag);
+  if (TagMask(first, 0) != 0) return match;
+  return match | (static_cast<uint64_t>(TagMask(set_tags + (home.first_slab ^ 1) * slab::kLanes, tag)) << 32);
+}
+
+inline int EmbeddingCache::WayOfCandidate(slab::Home home, int bit) {
+  return bit < slab::kLanes ? home.first_slab * slab::kLanes + bit : (home.first_slab ^ 1) * slab::kLanes + bit - slab::kLanes;
 }
 
 // Row copies: base/row_copy.h.
@@ -151,12 +202,20 @@ inline bool EmbeddingCache::CopyChecked(int64_t key, slab::Home home, int way, u
     if (seqs_[home.set].load(std::memory_order_relaxed) == seq) return way >= 0;
   }
   // A writer held or changed the set meanwhile: probe again, as a writer.
+  bool advanced;
+  return CopyLocked(key, home, stamp, dest, &advanced);
+}
+
+bool EmbeddingCache::CopyLocked(int64_t key, slab::Home home, uint64_t stamp, float* dest, bool* advanced) {
+  const int64_t base = home.set * kWays;
   const slab::HostLanes lanes;
   SetLock lock(seqs_[home.set]);
-  const int again = slab::FindWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, key);
-  if (again < 0) return false;
-  slab::Touch(&stamps_[base + again], stamp);
-  std::memcpy(dest, values_.get() + (base + again) * dim_, row_bytes_);
+  const int way = slab::FindWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, key);
+  *advanced = false;
+  if (way < 0) return false;
+  *advanced = stamps_[base + way] < stamp;
+  slab::Touch(&stamps_[base + way], stamp);
+  std::memcpy(dest, values_.get() + (base + way) * dim_, row_bytes_);
   return true;
 }
 
@@ -187,23 +246,16 @@ void EmbeddingCache::Query(const int64_t* keys, int64_t n, float* values, uint64
 
 namespace {
 
-// This thread's table of the distinct keys met by QueryPositions: open
+// This thread's table of the distinct keys QueryPositions missed: open
 // addressing over a power of two of slots, each the key and (generation <<
 // 32 | the key's index among the distinct keys). A slot of an older
 // generation is empty, so a call starts by bumping the generation instead of
 // clearing the table.
-class PositionDedup {
+class MissDedup {
  public:
   struct Slot {
     int64_t key;
     uint64_t tag;
-  };
-  // What the copy stage knows of a distinct key.
-  struct Distinct {
-    const float* row;  // its row in the cache, read optimistically
-    int64_t set;
-    uint32_t seq;      // the set's sequence word when `row` was found
-    int64_t miss;      // its index in the misses' keys, or -1 if cached
   };
 
   // Room for `n` distinct keys at load <= 1/2, empty.
@@ -218,28 +270,21 @@ class PositionDedup {
     mask_ = capacity - 1;
     ++generation_;
     count_ = 0;
-    if (distinct_.size() < static_cast<size_t>(n)) distinct_.resize(n);
   }
-  // The index of `key` (whose MixKey is `mix`) among the distinct keys,
-  // adding it if new; *added says which.
-  int64_t Find(int64_t key, uint64_t mix, bool* added) {
-    for (size_t slot = mix & mask_;; slot = (slot + 1) & mask_) {
+  // The index of `key` among the distinct keys, adding it if new.
+  int64_t Find(int64_t key) {
+    for (size_t slot = MixKey(static_cast<uint64_t>(key)) & mask_;; slot = (slot + 1) & mask_) {
       Slot& s = slots_[slot];
       if ((s.tag >> 32) != generation_) {
         const int64_t j = count_++;
         s = {key, (generation_ << 32) | static_cast<uint64_t>(j)};
-        *added = true;
         return j;
       }
-      if (s.key == key) {
-        *added = false;
-        return static_cast<int64_t>(s.tag & 0xffffffffu);
-      }
+      if (s.key == key) return static_cast<int64_t>(s.tag & 0xffffffffu);
     }
   }
-  void Prefetch(uint64_t mix) const { __builtin_prefetch(&slots_[mix & mask_]); }
   int64_t count() const { return count_; }
-  Distinct* distinct() { return distinct_.data(); }  // (count)
+  std::vector<int64_t>& missed() { return missed_; }
 
  private:
   std::unique_ptr<Slot[]> slots_;
@@ -247,14 +292,14 @@ class PositionDedup {
   size_t mask_ = 0;
   uint64_t generation_ = 0;
   int64_t count_ = 0;
-  std::vector<Distinct> distinct_;
+  std::vector<int64_t> missed_;  // positions of the range missed, for QueryPositions
 };
 
 // This thread's table. Not inlined: the query's loop then holds a plain
 // pointer instead of resolving the thread-local's address at every use (a
 // function call in a shared library).
-__attribute__((noinline)) PositionDedup* ThisThreadDedup() {
-  thread_local PositionDedup dedup;
+__attribute__((noinline)) MissDedup* ThisThreadMisses() {
+  thread_local MissDedup dedup;
   return &dedup;
 }
 
@@ -262,96 +307,101 @@ __attribute__((noinline)) PositionDedup* ThisThreadDedup() {
 
 void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t end, float* values,
                                     uint64_t stamp, PositionMisses* misses, bool stream) {
-  // Query's three stages, with the de-duplication in the first: a key is
-  // probed in the cache only at its first position; a later position copies
-  // the row found then, if the set's sequence word shows it is still there.
+  // Every position is probed, in three stages kStage positions apart: locate
+  // the key's set and start loading its sequence word and tags; filter the
+  // set's ways by tag and start loading the key, stamp and row of the first
+  // candidate; check the key and copy the row. A hot key's set and row stay
+  // in the CPU cache, so a repeated key costs one compare of tags and of its
+  // key; a cold one costs four lines of set data and its row, loaded while
+  // the positions before it are copied. Probes and copies read
+  // optimistically (see SetLock): a copy checks that the set's sequence word
+  // is still the one read before its tags, and a key whose set changed is
+  // looked up again under the lock. Only the misses, a few positions, are
+  // de-duplicated afterwards.
   const int64_t n = end - begin;
   if (n <= 0) return;
   stream = stream && CanStream(values);
-  PositionDedup& dedup = *ThisThreadDedup();
-  dedup.Start(n);
-  PositionDedup::Distinct* distinct = dedup.distinct();
-  // Stages run kStage positions apart; most positions repeat a key and cost
-  // little, so the distance is wide enough for the memory loads of the few
-  // new keys between them to arrive.
+  MissDedup& dedup = *ThisThreadMisses();
+  std::vector<int64_t>& missed = dedup.missed();
+  missed.clear();
   constexpr int64_t kStage = 16;
-  constexpr int64_t kRing = 4 * kStage;  // > 3 * kStage positions in flight; a power of 2
+  constexpr int64_t kRing = 4 * kStage;  // > 2 * kStage positions in flight; a power of 2
   struct InFlight {
-    uint64_t mix;     // MixKey of the key
-    slab::Home home;  // only for a key's first position
-    int64_t index;    // among the distinct keys
-    int way;          // -1: not cached; only for a key's first position
-    uint32_t seq;
-    bool first;
+    int64_t key;
+    slab::Home home;
+    uint64_t candidates;  // ways whose tag is the key's, in probe order (CandidateWays)
+    uint32_t seq;         // the set's sequence word, read before its tags
+    uint8_t tag;
   };
   InFlight ring[kRing];
-  // Stage 1: hash the key and start loading its slot of the dedup table.
-  auto hash = [&](int64_t r) {
+  int64_t hit_keys = 0;  // keys whose stamp this query moved to `stamp`
+  auto locate = [&](int64_t r) {
     InFlight& f = ring[r % kRing];
-    f.mix = MixKey(static_cast<uint64_t>(keys[begin + r]));
-    dedup.Prefetch(f.mix);
+    f.key = keys[begin + r];
+    const uint64_t mix = MixKey(static_cast<uint64_t>(f.key));
+    f.home = slab::HomeOfMix(mix, num_sets_);
+    f.tag = TagOfMix(mix);
+    __builtin_prefetch(&seqs_[f.home.set]);
+    __builtin_prefetch(tags_.get() + f.home.set * kWays);
   };
-  // Stage 2: de-duplicate; for a key met for the first time, start loading its set.
-  auto dedup_and_prefetch = [&](int64_t r) {
+  auto filter = [&](int64_t r) {
     InFlight& f = ring[r % kRing];
-    f.index = dedup.Find(keys[begin + r], f.mix, &f.first);
-    if (f.first) {
-      f.home = slab::HomeOfMix(f.mix, num_sets_);
-      PrefetchSet(f.home);
-    }
+    f.seq = seqs_[f.home.set].load(std::memory_order_acquire);
+    f.candidates = CandidateWays(f.home, f.tag);
+    if (f.candidates == 0) return;
+    const int64_t slot = f.home.set * kWays + WayOfCandidate(f.home, __builtin_ctzll(f.candidates));
+    __builtin_prefetch(keys_.get() + slot);
+    __builtin_prefetch(stamps_.get() + slot, 1);
+    const char* row = reinterpret_cast<const char*>(values_.get() + slot * dim_);
+    for (size_t b = 0; b < row_bytes_; b += 64) __builtin_prefetch(row + b);
   };
-  // Stage 3: for a key's first position, find its way and start loading its row.
-  auto find = [&](int64_t r) {
-    InFlight& f = ring[r % kRing];
-    if (f.first) f.way = FindOptimistic(keys[begin + r], f.home, stamp, &f.seq);
-  };
-  // The first position of a key (or a later one whose set changed since):
-  // copies its row and notes where it was found.
-  auto first_copy = [&](int64_t key, slab::Home home, int way, uint32_t seq, float* dest,
-                        PositionDedup::Distinct* d) {
-    if (!CopyChecked(key, home, way, seq, stamp, dest, stream)) return false;
-    // Later positions copy the row found now while the set's word stays
-    // `seq`; if it moved already (or the copy was redone under the lock),
-    // an odd word sends them back to the probe.
-    const bool unchanged = way >= 0 && seqs_[home.set].load(std::memory_order_relaxed) == seq;
-    *d = {unchanged ? values_.get() + (home.set * kWays + way) * dim_ : nullptr, home.set, unchanged ? seq : 1, -1};
-    return true;
-  };
-  for (int64_t r = 0; r < std::min(n, 3 * kStage); ++r) hash(r);
-  for (int64_t r = 0; r < std::min(n, 2 * kStage); ++r) dedup_and_prefetch(r);
-  for (int64_t r = 0; r < std::min(n, kStage); ++r) find(r);
+  for (int64_t r = 0; r < std::min(n, 2 * kStage); ++r) locate(r);
+  for (int64_t r = 0; r < std::min(n, kStage); ++r) filter(r);
   for (int64_t r = 0; r < n; ++r) {
-    if (r + 3 * kStage < n) hash(r + 3 * kStage);
-    if (r + 2 * kStage < n) dedup_and_prefetch(r + 2 * kStage);
-    if (r + kStage < n) find(r + kStage);
+    if (r + 2 * kStage < n) locate(r + 2 * kStage);
+    if (r + kStage < n) filter(r + kStage);
     const InFlight& f = ring[r % kRing];
-    const int64_t position = begin + r;
-    const int64_t key = keys[position];
-    float* dest = values + position * dim_;
-    PositionDedup::Distinct& d = distinct[f.index];
-    if (f.first) {
-      if (first_copy(key, f.home, f.way, f.seq, dest, &d)) continue;
-    } else if (d.miss < 0) {
-      if ((d.seq & 1) == 0) {
-        CopyRow(dest, d.row, stream);
-        std::atomic_thread_fence(std::memory_order_acquire);
-        if (seqs_[d.set].load(std::memory_order_relaxed) == d.seq) continue;
+    const int64_t base = f.home.set * kWays;
+    float* dest = values + (begin + r) * dim_;
+    int way = -1;
+    for (uint64_t c = f.candidates; c != 0; c &= c - 1) {
+      const int w = WayOfCandidate(f.home, __builtin_ctzll(c));
+      if (keys_[base + w] == f.key) {
+        way = w;
+        break;
       }
-      // A writer changed the set since the key's first position: look again.
-      const slab::Home home = slab::HomeOf(key, num_sets_);
-      uint32_t seq;
-      const int way = FindOptimistic(key, home, stamp, &seq);
-      if (first_copy(key, home, way, seq, dest, &d)) continue;
     }
-    if (f.first || d.miss < 0) {  // the key's first miss in this range
-      d.miss = static_cast<int64_t>(misses->keys.size());
-      misses->keys.push_back(key);
+    if ((f.seq & 1) == 0) {
+      if (way >= 0) {
+        hit_keys += TouchCounted(&stamps_[base + way], stamp);
+        CopyRow(dest, values_.get() + (base + way) * dim_, stream);
+      }
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (seqs_[f.home.set].load(std::memory_order_relaxed) == f.seq) {
+        if (way < 0) missed.push_back(r);
+        continue;
+      }
     }
-    misses->positions.push_back(position);
-    misses->key_of.push_back(d.miss);
+    // A writer held or changed the set meanwhile: look again, as a writer.
+    bool advanced = false;
+    if (CopyLocked(f.key, f.home, stamp, dest, &advanced)) {
+      hit_keys += advanced;
+    } else {
+      missed.push_back(r);
+    }
   }
   if (stream) StreamFence();
-  misses->distinct += dedup.count();
+  // The misses, each distinct key once, in order of first appearance.
+  dedup.Start(static_cast<int64_t>(missed.size()));
+  const int64_t offset = static_cast<int64_t>(misses->keys.size());
+  for (int64_t r : missed) {
+    const int64_t key = keys[begin + r];
+    const int64_t j = dedup.Find(key);
+    if (offset + j == static_cast<int64_t>(misses->keys.size())) misses->keys.push_back(key);
+    misses->positions.push_back(begin + r);
+    misses->key_of.push_back(offset + j);
+  }
+  misses->distinct += hit_keys + dedup.count();
 }
 
 int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp,
@@ -360,7 +410,8 @@ int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* val
   const slab::HostLanes lanes;
   int64_t evicted = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const slab::Home home = slab::HomeOf(keys[i], num_sets_);
+    const uint64_t mix = MixKey(static_cast<uint64_t>(keys[i]));
+    const slab::Home home = slab::HomeOfMix(mix, num_sets_);
     const int64_t base = home.set * kWays;
     SetLock lock(seqs_[home.set]);
     if (guard && !guard->Holds()) break;
@@ -373,6 +424,7 @@ int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* val
       evicted += stamps_[base + way] != 0;  // the way held another key
       keys_[base + way] = keys[i];
       stamps_[base + way] = stamp;
+      tags_[base + way] = TagOfMix(mix);
     }
     std::memcpy(values_.get() + (base + way) * dim_, values + i * dim_, row_bytes_);
   }

@@ -10,6 +10,9 @@
 // rows are never torn and concurrent lookups of hot sets never serialise.
 //
 // Values live in host memory, one row per way: (num_sets * 64, dim) floats.
+// The CPU adds a tag per way (a byte of the key's hash, 0 while empty), a
+// cache line per set, which the lookup path compares before any key: the
+// answers and LRU state are the set logic's, found with fewer memory reads.
 #ifndef TF_HPS_CORE_EMBEDDING_CACHE_H_
 #define TF_HPS_CORE_EMBEDDING_CACHE_H_
 
@@ -61,7 +64,10 @@ class EmbeddingCache {
     std::vector<int64_t> keys;       // the distinct keys L1 did not hold, each once
     std::vector<int64_t> positions;  // every position that asked for one of them
     std::vector<int64_t> key_of;     // for each of those positions, its key's index in `keys`
-    int64_t distinct = 0;            // distinct keys among the positions queried
+    // Distinct keys of the batch's lookup: each key hit counted in the range
+    // whose probe first moved its stamp to the batch's (so once per batch on
+    // one thread, rarely twice when ranges race), plus each range's misses.
+    int64_t distinct = 0;
     void Clear() {
       keys.clear();
       positions.clear();
@@ -80,10 +86,8 @@ class EmbeddingCache {
 
   // The L1 part of a lookup, for positions [begin, end) of a batch: writes
   // the row of every position whose key is cached into values[position]
-  // (values: (batch, dim)), probing the cache once per distinct key (its
-  // later positions copy the row found at its first). Appends the keys not
-  // cached, each once, and their positions to `misses` (which it does not
-  // clear). With `stream`, rows are written with non-temporal stores (for
+  // (values: (batch, dim)). Appends the keys not cached, each once, and
+  // their positions to `misses` (which it does not clear). With `stream`, rows are written with non-temporal stores (for
   // outputs much larger than the CPU caches). Several threads may query
   // disjoint ranges of one batch at once.
   void QueryPositions(const int64_t* keys, int64_t begin, int64_t end, float* values, uint64_t stamp,
@@ -127,6 +131,11 @@ class EmbeddingCache {
   // set did not change since *seq was read; redoes the probe under the set's
   // lock if it did. True if the key is cached.
   bool CopyChecked(int64_t key, slab::Home home, int way, uint32_t seq, uint64_t stamp, float* dest, bool stream);
+  // The probe and copy under the set's lock; *advanced: the key's stamp moved to `stamp`.
+  bool CopyLocked(int64_t key, slab::Home home, uint64_t stamp, float* dest, bool* advanced);
+  // QueryPositions' filter: ways whose tag matches (see tags_), and the way of a candidate's bit.
+  uint64_t CandidateWays(slab::Home home, uint8_t tag) const;
+  static int WayOfCandidate(slab::Home home, int bit);
   // Row copies of QueryPositions: whether rows into `values` can be streamed
   // (16-byte aligned rows), one row, and the fence after streamed rows.
   bool CanStream(const float* values) const;
@@ -138,6 +147,9 @@ class EmbeddingCache {
   const size_t row_bytes_;
   Buffer<int64_t> keys_;                // (num_sets * kWays)
   Buffer<uint64_t> stamps_;             // (num_sets * kWays), 0 = empty
+  // (num_sets * kWays): a byte of each key's hash, 0 = empty, one cache line
+  // per set, so a probe compares a key only with the ways whose tag matches.
+  Buffer<uint8_t> tags_;
   Buffer<float> values_;                // (num_sets * kWays, dim)
   mutable std::unique_ptr<std::atomic<uint32_t>[]> seqs_;  // (num_sets), odd = a writer holds the set
   std::atomic<uint64_t> clock_{0};

@@ -86,8 +86,9 @@ def test_plan_prints_a_table_and_json(tables, tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     tiers = {t["tier"]: t for t in result["tables"][0]["tiers"]}
-    # gpucacheper 0.5 of 1000 rows: 8 sets of 64; CPU arrays 64-byte aligned, a 1-byte lock per set.
-    assert tiers["l1"]["where"] == "host" and tiers["l1"]["bytes"] == 4096 + 4096 + 32768 + 8
+    # gpucacheper 0.5 of 1000 rows: 8 sets of 64; CPU arrays 64-byte aligned (keys, stamps, tags, rows),
+    # a 4-byte sequence word per set.
+    assert tiers["l1"]["where"] == "host" and tiers["l1"]["bytes"] == 4096 + 4096 + 512 + 32768 + 8 * 4
     assert result["totals"]["gpu"] == {} and result["concurrent_calls"] == 2
     assert result["totals"]["disk"] == 1000 * (64 + 8 + 16)
 

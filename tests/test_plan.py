@@ -37,7 +37,8 @@ def test_small_table_by_hand(tables):
     assert gpu["l1"]["rows"] == cpu["l1"]["rows"] == slots
     assert gpu["l1"]["bytes"] == slots * 8 + slots * 8 + slots * 16 * 4 + sets * 4  # keys, stamps, rows, int locks
     assert gpu["l1"]["where"] == "gpu" and gpu["l1"]["devices"] == [0, 1]
-    assert cpu["l1"]["bytes"] == 2048 + 2048 + 16384 + 4  # each array 64-byte aligned, 1-byte locks
+    assert cpu["l1"]["bytes"] == 2048 + 2048 + 256 + 16384 + 4 * 4  # arrays 64-byte aligned (tags: a byte
+    # per way), a 4-byte sequence word per set
     assert cpu["l1"]["where"] == "host"
     # hash map: 1000 rows over 16 partitions = 62 or 63 each; a page of 64 rows of 16*4 + 8 bytes,
     # an index of 128 slots (63 > 0.75 * 64) of 4 bytes.

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from slab_model import INT64_MAX, INT64_MIN, WAYS, HostCache, SlabSetModel, home
+from slab_model import INT64_MAX, INT64_MIN, WAYS, HostCache, SlabSetModel, home, mix_key
 
 # Distinct keys that a sentinel-based cache would mishandle (int32 -1 sign-extends to -1).
 SPECIAL_KEYS = [0, -1, 1, INT64_MAX, INT64_MIN, INT64_MAX - 1, INT64_MIN + 1, 2**32 - 1,
@@ -159,10 +159,10 @@ def test_long_random_operation_sequences_match_the_reference_model(capacity, dim
 
 @pytest.mark.parametrize("capacity, dim, key_space, seed", [(64, 3, 150, 4), (1000, 2, 3000, 5), (640, 5, 500, 6)])
 def test_query_of_positions_in_ranges_answers_every_position_like_query(capacity, dim, key_space, seed):
-    """The lookup path's query (each range of a batch de-duplicated, each distinct key probed once,
-    repeats copied from the first position) gives every position what the reference model's query
-    gives it, reports each missed key once per range with all its positions, and leaves the same
-    LRU state."""
+    """The lookup path's query (every position probed, the misses of each range de-duplicated)
+    gives every position what the reference model's query gives it, reports each missed key once
+    per range with all its positions, counts each key the batch hit once (in the range that hit it
+    first) and each key a range missed once, and leaves the same LRU state."""
     rng = np.random.default_rng(seed)
     cache, model = HostCache(capacity, dim), SlabSetModel(capacity, dim)
     pool = np.array(SPECIAL_KEYS + list(range(-key_space // 2, key_space // 2)), np.int64)
@@ -180,9 +180,12 @@ def test_query_of_positions_in_ranges_answers_every_position_like_query(capacity
         want_missing = model.query(keys, want)
         cuts = sorted({0, n, *rng.integers(0, n, int(rng.integers(0, 4))).tolist()})
         got_missing = []
+        hit_before: set[int] = set()  # keys hit by the earlier ranges of the batch
         for begin, end in zip(cuts, cuts[1:]):
             miss_keys, positions, key_of, distinct = cache.query_positions(keys, got, begin, end, stamp)
-            assert distinct == len(np.unique(keys[begin:end]))
+            hit = {int(keys[i]) for i in range(begin, end) if i not in set(want_missing)}
+            assert distinct == len(hit - hit_before) + len(np.unique(keys[positions])), f"step {step}"
+            hit_before |= hit
             assert len(np.unique(miss_keys)) == len(miss_keys), "a missed key reported twice in one range"
             np.testing.assert_array_equal(miss_keys[key_of], keys[positions])
             assert set(miss_keys) == {int(keys[i]) for i in positions}
@@ -191,6 +194,45 @@ def test_query_of_positions_in_ranges_answers_every_position_like_query(capacity
         np.testing.assert_array_equal(got, want)  # hits: the row; misses: untouched
         if step % 20 == 0:
             assert cache.dump() == model.dump(), f"step {step}"
+    assert cache.dump() == model.dump()
+
+
+def tag(key: int) -> int:
+    """The CPU cache's tag of a key (core/embedding_cache.cc TagOfMix): a byte of its mix, never 0."""
+    return ((mix_key(key) >> 8) & 0xFF) or 1
+
+
+@pytest.mark.parametrize("full_first_slab", [False, True])
+def test_query_of_positions_compares_keys_whose_tags_collide(full_first_slab):
+    """The lookup path filters a set's ways by a byte tag before it compares keys: keys of one set
+    that share a tag (in either slab) must each still find their own row, and a key whose tag
+    matches cached ways but which is not cached must miss."""
+    cache, model = HostCache(WAYS, 2), SlabSetModel(WAYS, 2)  # one set
+    by_tag: dict[int, list[int]] = {}
+    key = 0
+    while True:  # keys that share one tag, half of them starting at each slab
+        by_tag.setdefault(tag(key), []).append(key)
+        group = by_tag[tag(key)]
+        if sum(home(k, 1)[1] == 0 for k in group) >= 3 and sum(home(k, 1)[1] == 1 for k in group) >= 3:
+            break
+        key += 1
+    group = by_tag[tag(key)]
+    absent = group[-1]  # shares the tag, never inserted
+    cached = group[:-1]
+    fillers = [k for k in range(10_000, 10_000 + 200) if tag(k) != tag(key)][:WAYS - len(cached)]
+    inserted = cached + (fillers if full_first_slab else fillers[:8])
+    rows = np.arange(len(inserted) * 2, dtype=np.float32).reshape(-1, 2)
+    for k, r in zip(inserted, rows):  # one at a time, so the set fills in this order
+        cache.replace([k], r[None])
+        model.replace([k], r[None])
+    keys = np.array(cached[::-1] + [absent] + cached + [absent], np.int64)
+    want = np.full((len(keys), 2), -7.0, np.float32)
+    got = want.copy()
+    want_missing = model.query(keys, want)
+    miss_keys, positions, key_of, _ = cache.query_positions(keys, got, 0, len(keys), cache.next_stamp())
+    assert positions.tolist() == want_missing == [len(cached), 2 * len(cached) + 1]
+    assert miss_keys.tolist() == [absent] and key_of.tolist() == [0, 0]
+    np.testing.assert_array_equal(got, want)
     assert cache.dump() == model.dump()
 
 

@@ -106,10 +106,11 @@ def _aligned_bytes(raw: int) -> int:
 
 
 def cpu_cache_bytes(capacity_rows: int, dim: int) -> int:
-    """Bytes core/embedding_cache.cc allocates: keys, stamps, rows (each aligned) and a 1-byte lock per set."""
+    """Bytes core/embedding_cache.cc allocates: keys, stamps, a tag byte per way, rows (each aligned) and a
+    4-byte sequence word per set."""
     sets = cache_sets(capacity_rows)
     slots = sets * CACHE_WAYS
-    return 2 * _aligned_bytes(slots * 8) + _aligned_bytes(slots * dim * 4) + sets
+    return 2 * _aligned_bytes(slots * 8) + _aligned_bytes(slots) + _aligned_bytes(slots * dim * 4) + sets * 4
 
 
 def gpu_cache_bytes(capacity_rows: int, dim: int) -> int:
