@@ -155,20 +155,20 @@ inline void EmbeddingCache::PrefetchSet(slab::Home home) const {
   }
 }
 
-// The ways of `home`'s set whose tag is `tag`, as bits in probe order: bit i
-// < 32 is lane i of the first slab, bit 32 + i lane i of the other. As in
-// slab::FindWay, a first slab with an empty way is the only one the key can
-// be in. Every way holding the key is a candidate; the caller compares keys.
-inline uint64_t EmbeddingCache::CandidateWays(slab::Home home, uint8_t tag) const {
-  const uint8_t* set_tags = tags_.get() + home.set * kWays;
-  const uint8_t* first = set_tags + home.first_slab * slab::kLanes;
+// The ways of a set (its tags: kWays bytes) whose tag is `tag`, as bits in
+// probe order: bit i < 32 is lane i of the first slab, bit 32 + i lane i of
+// the other. As in slab::FindWay, a first slab with an empty way is the only
+// one the key can be in. Every way holding the key is a candidate; the
+// caller compares keys.
+inline uint64_t EmbeddingCache::CandidateWays(const uint8_t* set_tags, int first_slab, uint8_t tag) {
+  const uint8_t* first = set_tags + first_slab * slab::kLanes;
   const uint32_t match = TagMask(first, tag);
   if (TagMask(first, 0) != 0) return match;
-  return match | (static_cast<uint64_t>(TagMask(set_tags + (home.first_slab ^ 1) * slab::kLanes, tag)) << 32);
+  return match | (static_cast<uint64_t>(TagMask(set_tags + (first_slab ^ 1) * slab::kLanes, tag)) << 32);
 }
 
-inline int EmbeddingCache::WayOfCandidate(slab::Home home, int bit) {
-  return bit < slab::kLanes ? home.first_slab * slab::kLanes + bit : (home.first_slab ^ 1) * slab::kLanes + bit - slab::kLanes;
+inline int EmbeddingCache::WayOfCandidate(int first_slab, int bit) {
+  return ((bit >> 5) ^ first_slab) * slab::kLanes + (bit & (slab::kLanes - 1));
 }
 
 // Row copies: base/row_copy.h.
@@ -324,70 +324,93 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
   MissDedup& dedup = *ThisThreadMisses();
   std::vector<int64_t>& missed = dedup.missed();
   missed.clear();
-  constexpr int64_t kStage = 16;
-  constexpr int64_t kRing = 4 * kStage;  // > 2 * kStage positions in flight; a power of 2
+  constexpr uint64_t kStage = 16;
+  constexpr uint64_t kRing = 4 * kStage;  // > 2 * kStage positions in flight; a power of 2
   struct InFlight {
     int64_t key;
-    slab::Home home;
-    uint64_t candidates;  // ways whose tag is the key's, in probe order (CandidateWays)
+    int64_t set;
+    int first_slab;
+    int way;              // the first way whose tag is the key's (-1: none)
+    uint64_t candidates;  // all of them, in probe order (CandidateWays)
     uint32_t seq;         // the set's sequence word, read before its tags
     uint8_t tag;
   };
   InFlight ring[kRing];
+  // The arrays as plain pointers: the loop's stores and atomic loads would
+  // otherwise make the compiler reload them from *this at every position.
+  const int64_t* const set_keys = keys_.get();
+  uint64_t* const set_stamps = stamps_.get();
+  const uint8_t* const set_tags = tags_.get();
+  const float* const rows = values_.get();
+  const std::atomic<uint32_t>* const seqs = seqs_.get();
+  const int64_t dim = dim_;
+  const int64_t num_sets = num_sets_;
+  const size_t row_bytes = row_bytes_;
   int64_t hit_keys = 0;  // keys whose stamp this query moved to `stamp`
-  auto locate = [&](int64_t r) {
-    InFlight& f = ring[r % kRing];
+  const uint64_t count = static_cast<uint64_t>(n);
+  // Stage 1: hash the key, find its set and start loading its word and tags.
+  auto locate = [&](uint64_t r) __attribute__((always_inline)) {
+    InFlight& f = ring[r & (kRing - 1)];
     f.key = keys[begin + r];
     const uint64_t mix = MixKey(static_cast<uint64_t>(f.key));
-    f.home = slab::HomeOfMix(mix, num_sets_);
+    const slab::Home home = slab::HomeOfMix(mix, num_sets);
+    f.set = home.set;
+    f.first_slab = home.first_slab;
     f.tag = TagOfMix(mix);
-    __builtin_prefetch(&seqs_[f.home.set]);
-    __builtin_prefetch(tags_.get() + f.home.set * kWays);
+    __builtin_prefetch(seqs + f.set);
+    __builtin_prefetch(set_tags + f.set * kWays);
   };
-  auto filter = [&](int64_t r) {
-    InFlight& f = ring[r % kRing];
-    f.seq = seqs_[f.home.set].load(std::memory_order_acquire);
-    f.candidates = CandidateWays(f.home, f.tag);
+  // Stage 2: read the word, then the tags; start loading the first candidate's key, stamp and row.
+  auto filter = [&](uint64_t r) __attribute__((always_inline)) {
+    InFlight& f = ring[r & (kRing - 1)];
+    f.seq = seqs[f.set].load(std::memory_order_acquire);
+    f.candidates = CandidateWays(set_tags + f.set * kWays, f.first_slab, f.tag);
+    f.way = -1;
     if (f.candidates == 0) return;
-    const int64_t slot = f.home.set * kWays + WayOfCandidate(f.home, __builtin_ctzll(f.candidates));
-    __builtin_prefetch(keys_.get() + slot);
-    __builtin_prefetch(stamps_.get() + slot, 1);
-    const char* row = reinterpret_cast<const char*>(values_.get() + slot * dim_);
-    for (size_t b = 0; b < row_bytes_; b += 64) __builtin_prefetch(row + b);
+    f.way = WayOfCandidate(f.first_slab, __builtin_ctzll(f.candidates));
+    const int64_t slot = f.set * kWays + f.way;
+    __builtin_prefetch(set_keys + slot);
+    __builtin_prefetch(set_stamps + slot, 1);
+    const char* row = reinterpret_cast<const char*>(rows + slot * dim);
+    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(row + b);
   };
-  for (int64_t r = 0; r < std::min(n, 2 * kStage); ++r) locate(r);
-  for (int64_t r = 0; r < std::min(n, kStage); ++r) filter(r);
-  for (int64_t r = 0; r < n; ++r) {
-    if (r + 2 * kStage < n) locate(r + 2 * kStage);
-    if (r + kStage < n) filter(r + kStage);
-    const InFlight& f = ring[r % kRing];
-    const int64_t base = f.home.set * kWays;
-    float* dest = values + (begin + r) * dim_;
-    int way = -1;
-    for (uint64_t c = f.candidates; c != 0; c &= c - 1) {
-      const int w = WayOfCandidate(f.home, __builtin_ctzll(c));
-      if (keys_[base + w] == f.key) {
-        way = w;
-        break;
+  for (uint64_t r = 0; r < std::min(count, 2 * kStage); ++r) locate(r);
+  for (uint64_t r = 0; r < std::min(count, kStage); ++r) filter(r);
+  for (uint64_t r = 0; r < count; ++r) {
+    if (r + 2 * kStage < count) locate(r + 2 * kStage);
+    if (r + kStage < count) filter(r + kStage);
+    // Stage 3: compare the key with the candidates' (almost always one), copy the row, check the word.
+    const InFlight& f = ring[r & (kRing - 1)];
+    const int64_t base = f.set * kWays;
+    float* dest = values + (begin + static_cast<int64_t>(r)) * dim;
+    int way = f.way;
+    if (way >= 0 && set_keys[base + way] != f.key) {
+      way = -1;
+      for (uint64_t c = f.candidates & (f.candidates - 1); c != 0; c &= c - 1) {
+        const int w = WayOfCandidate(f.first_slab, __builtin_ctzll(c));
+        if (set_keys[base + w] == f.key) {
+          way = w;
+          break;
+        }
       }
     }
     if ((f.seq & 1) == 0) {
       if (way >= 0) {
-        hit_keys += TouchCounted(&stamps_[base + way], stamp);
-        CopyRow(dest, values_.get() + (base + way) * dim_, stream);
+        hit_keys += TouchCounted(set_stamps + base + way, stamp);
+        tf_hps::CopyRow(dest, rows + (base + way) * dim, dim, row_bytes, stream);
       }
       std::atomic_thread_fence(std::memory_order_acquire);
-      if (seqs_[f.home.set].load(std::memory_order_relaxed) == f.seq) {
-        if (way < 0) missed.push_back(r);
+      if (seqs[f.set].load(std::memory_order_relaxed) == f.seq) {
+        if (way < 0) missed.push_back(static_cast<int64_t>(r));
         continue;
       }
     }
     // A writer held or changed the set meanwhile: look again, as a writer.
     bool advanced = false;
-    if (CopyLocked(f.key, f.home, stamp, dest, &advanced)) {
+    if (CopyLocked(f.key, {f.set, f.first_slab}, stamp, dest, &advanced)) {
       hit_keys += advanced;
     } else {
-      missed.push_back(r);
+      missed.push_back(static_cast<int64_t>(r));
     }
   }
   if (stream) StreamFence();

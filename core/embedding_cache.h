@@ -134,8 +134,8 @@ class EmbeddingCache {
   // The probe and copy under the set's lock; *advanced: the key's stamp moved to `stamp`.
   bool CopyLocked(int64_t key, slab::Home home, uint64_t stamp, float* dest, bool* advanced);
   // QueryPositions' filter: ways whose tag matches (see tags_), and the way of a candidate's bit.
-  uint64_t CandidateWays(slab::Home home, uint8_t tag) const;
-  static int WayOfCandidate(slab::Home home, int bit);
+  static uint64_t CandidateWays(const uint8_t* set_tags, int first_slab, uint8_t tag);
+  static int WayOfCandidate(int first_slab, int bit);
   // Row copies of QueryPositions: whether rows into `values` can be streamed
   // (16-byte aligned rows), one row, and the fence after streamed rows.
   bool CanStream(const float* values) const;

@@ -506,32 +506,22 @@ void ParameterServer::LookupDatabases(const EmbeddingTable& table, const int64_t
   DatabaseBackend* const in_process = volatile_db_ && volatile_db_->InProcess() ? volatile_db_.get() : nullptr;
   std::vector<int64_t> rest;  // positions the in-process VDB lacked
   if (in_process != nullptr) {
-    const int64_t shards = std::clamp<int64_t>(n / std::max<int64_t>(1, in_process->MinRowsPerFetchShard()), 1, 64);
-    // A large output is written around the CPU caches, as L1 writes it: each
-    // shard's rows are fetched into this thread's scratch, then streamed.
-    const bool stream = static_cast<size_t>(n) * row_bytes >= kStreamOutputBytes && CanStreamRows(out, row_bytes);
+    // Ranges of at least the backend's minimum, no more than the cores (as
+    // L1's: each range is one pipelined pass over its positions).
+    static const int64_t max_ranges =
+        std::clamp<int64_t>(static_cast<int64_t>(std::thread::hardware_concurrency()), 1, kMaxRanges);
+    const int64_t shards =
+        std::clamp<int64_t>(n / std::max<int64_t>(1, in_process->MinRowsPerFetchShard()), 1, max_ranges);
+    // A large output is written around the CPU caches, as L1 writes it.
+    const bool stream = static_cast<size_t>(n) * row_bytes >= kStreamOutputBytes;
     std::mutex merge_mutex;
     std::exception_ptr failure;
     auto fetch_shard = [&](int64_t shard) {
       const int64_t begin = n * shard / shards, end = n * (shard + 1) / shards;
       try {
-        std::vector<int64_t> absent;
-        if (stream) {
-          thread_local std::vector<float> scratch;
-          scratch.resize((end - begin) * dim);
-          in_process->Fetch(table.tag, end - begin, keys + begin, scratch.data(), dim, &absent);
-          size_t a = 0;
-          for (int64_t j = 0; j < end - begin; ++j) {
-            if (a < absent.size() && absent[a] == j) {
-              ++a;
-              continue;
-            }
-            CopyRow(out + (begin + j) * dim, scratch.data() + j * dim, dim, row_bytes, /*stream=*/true);
-          }
-          StreamFence();
-        } else {
-          in_process->Fetch(table.tag, end - begin, keys + begin, out + begin * dim, dim, &absent);
-        }
+        thread_local std::vector<int64_t> absent;
+        absent.clear();
+        in_process->FetchRows(table.tag, end - begin, keys + begin, out + begin * dim, dim, &absent, stream);
         if (absent.empty()) return;
         std::lock_guard<std::mutex> lock(merge_mutex);
         for (int64_t j : absent) rest.push_back(begin + j);
@@ -543,7 +533,7 @@ void ParameterServer::LookupDatabases(const EmbeddingTable& table, const int64_t
     if (shards == 1) {
       fetch_shard(0);
     } else {
-      parallel_for(shards, /*cost_per_unit=*/100'000'000, [&](int64_t begin, int64_t end) {
+      parallel_for(shards, kRangeCost, [&](int64_t begin, int64_t end) {
         for (int64_t shard = begin; shard < end; ++shard) fetch_shard(shard);
       });
     }

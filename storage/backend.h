@@ -57,6 +57,15 @@ class DatabaseBackend {
   virtual int64_t Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values,
                         int64_t dim, std::vector<int64_t>* missing) = 0;
 
+  // Fetch into a lookup's output: with `stream`, an output much larger than
+  // the CPU caches, rows may be written around them (base/row_copy.h), and
+  // are visible to the caller when it returns.
+  virtual int64_t FetchRows(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
+                            std::vector<int64_t>* missing, bool stream) {
+    (void)stream;
+    return Fetch(table, n, keys, values, dim, missing);
+  }
+
   // How many keys a Fetch should get at least before the caller splits a
   // batch over threads: small for in-process memory, unbounded for a server
   // that a single pipelined call already keeps busy.

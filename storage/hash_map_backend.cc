@@ -8,6 +8,7 @@
 
 #include "base/error.h"
 #include "base/key_hash.h"
+#include "base/row_copy.h"
 
 namespace tf_hps {
 namespace {
@@ -33,17 +34,24 @@ struct PartitionGroups {
   std::vector<uint64_t> hash;  // (n) MixKey of each key
 };
 
+// The partition of the key whose MixKey is `hash`: its high bits scaled to
+// [0, num_partitions), a multiply instead of a division (a partition's index
+// uses the low bits). Only this process's map uses it (Redis: PartitionOf).
+inline int64_t PartitionIndex(uint64_t hash, int64_t num_partitions) {
+  return static_cast<int64_t>((static_cast<unsigned __int128>(hash) * static_cast<uint64_t>(num_partitions)) >> 64);
+}
+
 void GroupByPartition(const int64_t* keys, int64_t n, int64_t num_partitions, PartitionGroups* g) {
   g->hash.resize(n);
   g->begin.assign(num_partitions + 1, 0);
   g->order.resize(n);
   for (int64_t i = 0; i < n; ++i) {
     g->hash[i] = MixKey(static_cast<uint64_t>(keys[i]));
-    ++g->begin[g->hash[i] % num_partitions + 1];
+    ++g->begin[PartitionIndex(g->hash[i], num_partitions) + 1];
   }
   for (int64_t p = 0; p < num_partitions; ++p) g->begin[p + 1] += g->begin[p];
   std::vector<int64_t> next(g->begin.begin(), g->begin.end() - 1);
-  for (int64_t i = 0; i < n; ++i) g->order[next[g->hash[i] % num_partitions]++] = i;
+  for (int64_t i = 0; i < n; ++i) g->order[next[PartitionIndex(g->hash[i], num_partitions)]++] = i;
 }
 
 }  // namespace
@@ -295,48 +303,73 @@ void HashMapBackend::Insert(const std::string& table, int64_t n, const int64_t* 
 
 int64_t HashMapBackend::Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values,
                               int64_t dim, std::vector<int64_t>* missing) {
+  return FetchRows(table, n, keys, values, dim, missing, /*stream=*/false);
+}
+
+int64_t HashMapBackend::FetchRows(const std::string& table, int64_t n, const int64_t* keys, float* values,
+                                  int64_t dim, std::vector<int64_t>* missing, bool stream) {
   Table* t = n > 0 ? FindTable(table, dim, /*create=*/false) : nullptr;
   if (t == nullptr) {
     for (int64_t i = 0; i < n; ++i) missing->push_back(i);
     return 0;
   }
-  PartitionGroups groups;
-  GroupByPartition(keys, n, config_.num_partitions, &groups);
+  const int64_t num_partitions = config_.num_partitions;
   const bool count_uses = config_.overflow_margin != UINT64_MAX && config_.overflow_policy == "evict_least_used";
   const bool stamp_uses = config_.overflow_margin != UINT64_MAX && config_.overflow_policy == "evict_oldest";
   const uint32_t now = stamp_uses ? NowSeconds() : 0;
   const size_t row_bytes = dim * sizeof(float);
-  std::vector<char> found(n, 0);
+  stream = stream && CanStreamRows(values, row_bytes);
+  // The keys in their own order, in chunks, each under the read locks of
+  // every partition (taken in partition order; writers hold one partition at
+  // a time, so this never deadlocks, and they wait at most one chunk). In a
+  // chunk each key goes through three stages kStage keys apart: hash it and
+  // start loading its home slot; read the slot and start loading the key and
+  // row it names; find the key and copy its row. So the memory loads of
+  // many keys are in flight while rows are copied, whatever partitions the
+  // keys belong to.
+  constexpr int64_t kChunk = 4096;
+  constexpr int64_t kStage = 8;
+  constexpr int64_t kRing = 4 * kStage;  // > 2 * kStage keys in flight; a power of 2
+  struct InFlight {
+    uint64_t hash;
+    const Partition* part;
+  };
+  InFlight ring[kRing];
+  auto locate = [&](int64_t i) {
+    InFlight& f = ring[i % kRing];
+    f.hash = MixKey(static_cast<uint64_t>(keys[i]));
+    f.part = t->partitions[PartitionIndex(f.hash, num_partitions)].get();
+    f.part->PrefetchSlot(f.hash);
+  };
+  auto probe = [&](int64_t i) {
+    const InFlight& f = ring[i % kRing];
+    f.part->PrefetchRow(f.hash);
+  };
   int64_t hits = 0;
-  for (int64_t p = 0; p < config_.num_partitions; ++p) {
-    if (groups.begin[p] == groups.begin[p + 1]) continue;
-    Partition& part = *t->partitions[p];
-    std::shared_lock<std::shared_mutex> lock(part.mutex);
-    // Keys lie at random in memory: the slot of the key kAhead keys on, and
-    // the row of the key kAhead / 2 on, are loaded while this one is copied.
-    constexpr int64_t kAhead = 16;
-    const int64_t end = groups.begin[p + 1];
-    for (int64_t j = groups.begin[p]; j < std::min(end, groups.begin[p] + kAhead); ++j)
-      part.PrefetchSlot(groups.hash[groups.order[j]]);
-    for (int64_t j = groups.begin[p]; j < std::min(end, groups.begin[p] + kAhead / 2); ++j)
-      part.PrefetchRow(groups.hash[groups.order[j]]);
-    for (int64_t j = groups.begin[p]; j < end; ++j) {
-      if (j + kAhead < end) part.PrefetchSlot(groups.hash[groups.order[j + kAhead]]);
-      if (j + kAhead / 2 < end) part.PrefetchRow(groups.hash[groups.order[j + kAhead / 2]]);
-      const int64_t i = groups.order[j];
-      const int64_t row = part.Find(keys[i], groups.hash[i]);
-      if (row < 0) continue;
-      std::memcpy(values + i * dim, part.Values(row), row_bytes);
+  for (int64_t begin = 0; begin < n; begin += kChunk) {
+    const int64_t end = std::min(n, begin + kChunk);
+    for (const auto& part : t->partitions) part->mutex.lock_shared();
+    for (int64_t i = begin; i < std::min(end, begin + 2 * kStage); ++i) locate(i);
+    for (int64_t i = begin; i < std::min(end, begin + kStage); ++i) probe(i);
+    for (int64_t i = begin; i < end; ++i) {
+      if (i + 2 * kStage < end) locate(i + 2 * kStage);
+      if (i + kStage < end) probe(i + kStage);
+      const InFlight& f = ring[i % kRing];
+      Partition& part = const_cast<Partition&>(*f.part);
+      const int64_t row = part.Find(keys[i], f.hash);
+      if (row < 0) {
+        missing->push_back(i);
+        continue;
+      }
+      CopyRow(values + i * dim, part.Values(row), dim, row_bytes, stream);
       // Metadata writes race only with each other under the shared lock.
       if (count_uses) __atomic_fetch_add(part.Meta(row), 1u, __ATOMIC_RELAXED);
       if (stamp_uses) __atomic_store_n(part.Meta(row), now, __ATOMIC_RELAXED);
-      found[i] = 1;
       ++hits;
     }
+    for (const auto& part : t->partitions) part->mutex.unlock_shared();
   }
-  for (int64_t i = 0; i < n; ++i) {
-    if (!found[i]) missing->push_back(i);
-  }
+  if (stream) StreamFence();
   return hits;
 }
 

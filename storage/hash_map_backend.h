@@ -42,7 +42,9 @@ class HashMapBackend : public DatabaseBackend {
               int64_t dim) override;
   int64_t Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
                 std::vector<int64_t>* missing) override;
-  int64_t MinRowsPerFetchShard() const override { return 256; }
+  int64_t FetchRows(const std::string& table, int64_t n, const int64_t* keys, float* values, int64_t dim,
+                    std::vector<int64_t>* missing, bool stream) override;
+  int64_t MinRowsPerFetchShard() const override { return 2048; }
   bool InProcess() const override { return true; }
   int64_t Size(const std::string& table) const override;
   int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) override;
