@@ -92,18 +92,6 @@ inline void TouchRelaxed(uint64_t* slot_stamp, uint64_t stamp) {
   if (__atomic_load_n(slot_stamp, __ATOMIC_RELAXED) < stamp) __atomic_store_n(slot_stamp, stamp, __ATOMIC_RELAXED);
 }
 
-// TouchRelaxed that tells whether it moved the stamp to `stamp`, so the first
-// position of a batch that hits a key is told apart from its repeats. Two
-// threads touching a way at once may both say so (a locked exchange would
-// settle it, but would also wait for every store before it, the row copies
-// included): the count is exact on one thread and at most a little high
-// across threads, which only the batch's hit rate reads.
-inline bool TouchCounted(uint64_t* slot_stamp, uint64_t stamp) {
-  if (__atomic_load_n(slot_stamp, __ATOMIC_RELAXED) >= stamp) return false;
-  __atomic_store_n(slot_stamp, stamp, __ATOMIC_RELAXED);
-  return true;
-}
-
 // A way's tag: one byte of its key's mix (not the bits that pick the set or
 // the first slab), never 0, which marks an empty way.
 inline uint8_t TagOfMix(uint64_t mix) {
@@ -202,20 +190,12 @@ inline bool EmbeddingCache::CopyChecked(int64_t key, slab::Home home, int way, u
     if (seqs_[home.set].load(std::memory_order_relaxed) == seq) return way >= 0;
   }
   // A writer held or changed the set meanwhile: probe again, as a writer.
-  bool advanced;
-  return CopyLocked(key, home, stamp, dest, &advanced);
-}
-
-bool EmbeddingCache::CopyLocked(int64_t key, slab::Home home, uint64_t stamp, float* dest, bool* advanced) {
-  const int64_t base = home.set * kWays;
   const slab::HostLanes lanes;
   SetLock lock(seqs_[home.set]);
-  const int way = slab::FindWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, key);
-  *advanced = false;
-  if (way < 0) return false;
-  *advanced = stamps_[base + way] < stamp;
-  slab::Touch(&stamps_[base + way], stamp);
-  std::memcpy(dest, values_.get() + (base + way) * dim_, row_bytes_);
+  const int again = slab::FindWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, key);
+  if (again < 0) return false;
+  slab::Touch(&stamps_[base + again], stamp);
+  std::memcpy(dest, values_.get() + (base + again) * dim_, row_bytes_);
   return true;
 }
 
@@ -246,19 +226,37 @@ void EmbeddingCache::Query(const int64_t* keys, int64_t n, float* values, uint64
 
 namespace {
 
-// This thread's table of the distinct keys QueryPositions missed: open
-// addressing over a power of two of slots, each the key and (generation <<
-// 32 | the key's index among the distinct keys). A slot of an older
-// generation is empty, so a call starts by bumping the generation instead of
-// clearing the table.
-class MissDedup {
+// This thread's scratch for QueryPositions: a table of the distinct keys of
+// a range (open addressing over a power of two of slots, each the key and
+// (generation << 32 | the key's index among the distinct keys); a slot of an
+// older generation is empty, so a call starts by bumping the generation
+// instead of clearing the table), what the probe found for each distinct
+// key, and each position's distinct key.
+class PositionDedup {
  public:
   struct Slot {
     int64_t key;
     uint64_t tag;
   };
+  enum State : uint8_t {
+    kCached,   // `row` holds the key while the set's sequence word stays `seq`
+    kAbsent,   // not cached when probed
+    kUnknown,  // a writer changed the set during the probe: look again
+  };
+  struct Distinct {
+    int64_t key;
+    int64_t set;
+    const float* row;  // its row in the cache (kCached), read optimistically
+    uint32_t seq;      // the set's sequence word, read before its tags
+    uint8_t tag;
+    uint8_t first_slab;
+    State state;
+    int64_t miss;  // its index in the misses' keys, or -1
+  };
+  // A position's distinct key, with kFirst set at the key's first position.
+  static constexpr uint32_t kFirst = 1u << 31;
 
-  // Room for `n` distinct keys at load <= 1/2, empty.
+  // Room for `n` positions and distinct keys (table load <= 1/2), empty.
   void Start(int64_t n) {
     size_t capacity = 16;
     while (capacity < static_cast<size_t>(2 * n)) capacity <<= 1;
@@ -269,37 +267,29 @@ class MissDedup {
     }
     mask_ = capacity - 1;
     ++generation_;
-    count_ = 0;
+    if (distinct_.size() < static_cast<size_t>(n)) distinct_.resize(n);
+    if (of_position_.size() < static_cast<size_t>(n)) of_position_.resize(n);
   }
-  // The index of `key` among the distinct keys, adding it if new.
-  int64_t Find(int64_t key) {
-    for (size_t slot = MixKey(static_cast<uint64_t>(key)) & mask_;; slot = (slot + 1) & mask_) {
-      Slot& s = slots_[slot];
-      if ((s.tag >> 32) != generation_) {
-        const int64_t j = count_++;
-        s = {key, (generation_ << 32) | static_cast<uint64_t>(j)};
-        return j;
-      }
-      if (s.key == key) return static_cast<int64_t>(s.tag & 0xffffffffu);
-    }
-  }
-  int64_t count() const { return count_; }
-  std::vector<int64_t>& missed() { return missed_; }
+  Slot* slots() { return slots_.get(); }
+  size_t mask() const { return mask_; }
+  uint64_t generation() const { return generation_; }
+  Distinct* distinct() { return distinct_.data(); }        // (n)
+  uint32_t* of_position() { return of_position_.data(); }  // (n)
 
  private:
   std::unique_ptr<Slot[]> slots_;
   size_t capacity_ = 0;
   size_t mask_ = 0;
   uint64_t generation_ = 0;
-  int64_t count_ = 0;
-  std::vector<int64_t> missed_;  // positions of the range missed, for QueryPositions
+  std::vector<Distinct> distinct_;
+  std::vector<uint32_t> of_position_;
 };
 
-// This thread's table. Not inlined: the query's loop then holds a plain
+// This thread's scratch. Not inlined: the query's loop then holds a plain
 // pointer instead of resolving the thread-local's address at every use (a
 // function call in a shared library).
-__attribute__((noinline)) MissDedup* ThisThreadMisses() {
-  thread_local MissDedup dedup;
+__attribute__((noinline)) PositionDedup* ThisThreadDedup() {
+  thread_local PositionDedup dedup;
   return &dedup;
 }
 
@@ -307,36 +297,25 @@ __attribute__((noinline)) MissDedup* ThisThreadMisses() {
 
 void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t end, float* values,
                                     uint64_t stamp, PositionMisses* misses, bool stream) {
-  // Every position is probed, in three stages kStage positions apart: locate
-  // the key's set and start loading its sequence word and tags; filter the
-  // set's ways by tag and start loading the key, stamp and row of the first
-  // candidate; check the key and copy the row. A hot key's set and row stay
-  // in the CPU cache, so a repeated key costs one compare of tags and of its
-  // key; a cold one costs four lines of set data and its row, loaded while
-  // the positions before it are copied. Probes and copies read
-  // optimistically (see SetLock): a copy checks that the set's sequence word
-  // is still the one read before its tags, and a key whose set changed is
-  // looked up again under the lock. Only the misses, a few positions, are
-  // de-duplicated afterwards.
+  // Three passes, each a pipeline that starts loading what it needs a fixed
+  // number of items ahead: (1) de-duplicate the positions; (2) probe the
+  // cache once per distinct key: its set's tags (a byte per way, one cache
+  // line) name the one way whose key is compared, and its row starts
+  // loading; (3) copy each position's row. Most positions repeat a key, so
+  // the probes, a few distinct keys, keep many set and row loads in flight,
+  // and a repeated key costs a dedup lookup and a row copy. Probes and
+  // copies read optimistically (see SetLock): a copy checks that the set's
+  // sequence word is still the one read before its tags, and a key whose
+  // set changed is looked up again.
+  using Distinct = PositionDedup::Distinct;
   const int64_t n = end - begin;
   if (n <= 0) return;
   stream = stream && CanStream(values);
-  MissDedup& dedup = *ThisThreadMisses();
-  std::vector<int64_t>& missed = dedup.missed();
-  missed.clear();
-  constexpr uint64_t kStage = 16;
-  constexpr uint64_t kRing = 4 * kStage;  // > 2 * kStage positions in flight; a power of 2
-  struct InFlight {
-    int64_t key;
-    int64_t set;
-    int first_slab;
-    int way;              // the first way whose tag is the key's (-1: none)
-    uint64_t candidates;  // all of them, in probe order (CandidateWays)
-    uint32_t seq;         // the set's sequence word, read before its tags
-    uint8_t tag;
-  };
-  InFlight ring[kRing];
-  // The arrays as plain pointers: the loop's stores and atomic loads would
+  PositionDedup& dedup = *ThisThreadDedup();
+  dedup.Start(n);
+  Distinct* const distinct = dedup.distinct();
+  uint32_t* const of_position = dedup.of_position();
+  // The arrays as plain pointers: the loops' stores and atomic loads would
   // otherwise make the compiler reload them from *this at every position.
   const int64_t* const set_keys = keys_.get();
   uint64_t* const set_stamps = stamps_.get();
@@ -344,110 +323,241 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
   const float* const rows = values_.get();
   const std::atomic<uint32_t>* const seqs = seqs_.get();
   const int64_t dim = dim_;
-  const int64_t num_sets = num_sets_;
   const size_t row_bytes = row_bytes_;
-  int64_t hit_keys = 0;  // keys whose stamp this query moved to `stamp`
   const uint64_t count = static_cast<uint64_t>(n);
-  // Stage 1: hash the key, find its set and start loading its word and tags.
-  auto locate = [&](uint64_t r) __attribute__((always_inline)) {
-    InFlight& f = ring[r & (kRing - 1)];
-    f.key = keys[begin + r];
-    const uint64_t mix = MixKey(static_cast<uint64_t>(f.key));
-    const slab::Home home = slab::HomeOfMix(mix, num_sets);
-    f.set = home.set;
-    f.first_slab = home.first_slab;
-    f.tag = TagOfMix(mix);
-    __builtin_prefetch(seqs + f.set);
-    __builtin_prefetch(set_tags + f.set * kWays);
+  auto prefetch_row = [row_bytes](const float* row) __attribute__((always_inline)) {
+    const char* bytes = reinterpret_cast<const char*>(row);
+    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(bytes + b);
   };
-  // Stage 2: read the word, then the tags; start loading the first candidate's key, stamp and row.
-  auto filter = [&](uint64_t r) __attribute__((always_inline)) {
-    InFlight& f = ring[r & (kRing - 1)];
-    f.seq = seqs[f.set].load(std::memory_order_acquire);
-    f.candidates = CandidateWays(set_tags + f.set * kWays, f.first_slab, f.tag);
-    f.way = -1;
-    if (f.candidates == 0) return;
-    f.way = WayOfCandidate(f.first_slab, __builtin_ctzll(f.candidates));
-    const int64_t slot = f.set * kWays + f.way;
-    __builtin_prefetch(set_keys + slot);
-    __builtin_prefetch(set_stamps + slot, 1);
-    const char* row = reinterpret_cast<const char*>(rows + slot * dim);
-    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(row + b);
-  };
-  for (uint64_t r = 0; r < std::min(count, 2 * kStage); ++r) locate(r);
-  for (uint64_t r = 0; r < std::min(count, kStage); ++r) filter(r);
-  for (uint64_t r = 0; r < count; ++r) {
-    if (r + 2 * kStage < count) locate(r + 2 * kStage);
-    if (r + kStage < count) filter(r + kStage);
-    // Stage 3: compare the key with the candidates' (almost always one), copy the row, check the word.
-    const InFlight& f = ring[r & (kRing - 1)];
-    const int64_t base = f.set * kWays;
-    float* dest = values + (begin + static_cast<int64_t>(r)) * dim;
-    int way = f.way;
-    if (way >= 0 && set_keys[base + way] != f.key) {
-      way = -1;
-      for (uint64_t c = f.candidates & (f.candidates - 1); c != 0; c &= c - 1) {
-        const int w = WayOfCandidate(f.first_slab, __builtin_ctzll(c));
-        if (set_keys[base + w] == f.key) {
-          way = w;
+
+  // 1. De-duplicate, loading each key's slot of the table kAhead positions early.
+  int64_t u = 0;  // distinct keys
+  {
+    PositionDedup::Slot* const slots = dedup.slots();
+    const size_t mask = dedup.mask();
+    const uint64_t generation = dedup.generation();
+    constexpr uint64_t kAhead = 16;
+    constexpr uint64_t kRing = 2 * kAhead;  // a power of 2
+    uint64_t mixes[kRing];
+    auto hash = [&](uint64_t r) __attribute__((always_inline)) {
+      const uint64_t mix = MixKey(static_cast<uint64_t>(keys[begin + r]));
+      mixes[r & (kRing - 1)] = mix;
+      __builtin_prefetch(slots + (mix & mask));
+    };
+    for (uint64_t r = 0; r < std::min(count, kAhead); ++r) hash(r);
+    for (uint64_t r = 0; r < count; ++r) {
+      if (r + kAhead < count) hash(r + kAhead);
+      const int64_t key = keys[begin + r];
+      const uint64_t mix = mixes[r & (kRing - 1)];
+      for (size_t slot = mix & mask;; slot = (slot + 1) & mask) {
+        PositionDedup::Slot& s = slots[slot];
+        if ((s.tag >> 32) != generation) {  // a key met for the first time
+          const int64_t j = u++;
+          s = {key, (generation << 32) | static_cast<uint64_t>(j)};
+          const slab::Home home = slab::HomeOfMix(mix, num_sets_);
+          distinct[j] = {key,      home.set, nullptr, 0, TagOfMix(mix), static_cast<uint8_t>(home.first_slab),
+                         PositionDedup::kUnknown, -1};
+          of_position[r] = static_cast<uint32_t>(j) | PositionDedup::kFirst;
+          break;
+        }
+        if (s.key == key) {
+          of_position[r] = static_cast<uint32_t>(s.tag & 0xffffffffu);
           break;
         }
       }
     }
-    if ((f.seq & 1) == 0) {
-      if (way >= 0) {
-        hit_keys += TouchCounted(set_stamps + base + way, stamp);
-        tf_hps::CopyRow(dest, rows + (base + way) * dim, dim, row_bytes, stream);
+  }
+
+  // 2. Probe each distinct key, in three stages kStage keys apart: start
+  //    loading its set's word and tags; read them and start loading the
+  //    first candidate way's key, stamp and row; compare the key.
+  {
+    constexpr int64_t kStage = 8;
+    constexpr int64_t kRing = 4 * kStage;  // > 2 * kStage keys in flight; a power of 2
+    struct InFlight {
+      uint64_t candidates;  // ways whose tag is the key's, in probe order (CandidateWays)
+      int way;              // the first of them, or -1
+      uint32_t seq;
+    };
+    InFlight ring[kRing];
+    auto locate = [&](int64_t j) __attribute__((always_inline)) {
+      __builtin_prefetch(seqs + distinct[j].set);
+      __builtin_prefetch(set_tags + distinct[j].set * kWays);
+    };
+    auto filter = [&](int64_t j) __attribute__((always_inline)) {
+      const Distinct& d = distinct[j];
+      InFlight& f = ring[j & (kRing - 1)];
+      f.seq = seqs[d.set].load(std::memory_order_acquire);
+      f.candidates = CandidateWays(set_tags + d.set * kWays, d.first_slab, d.tag);
+      f.way = -1;
+      if (f.candidates == 0) return;
+      f.way = WayOfCandidate(d.first_slab, __builtin_ctzll(f.candidates));
+      const int64_t slot = d.set * kWays + f.way;
+      __builtin_prefetch(set_keys + slot);
+      __builtin_prefetch(set_stamps + slot, 1);
+      prefetch_row(rows + slot * dim);
+    };
+    for (int64_t j = 0; j < std::min(u, 2 * kStage); ++j) locate(j);
+    for (int64_t j = 0; j < std::min(u, kStage); ++j) filter(j);
+    for (int64_t j = 0; j < u; ++j) {
+      if (j + 2 * kStage < u) locate(j + 2 * kStage);
+      if (j + kStage < u) filter(j + kStage);
+      Distinct& d = distinct[j];
+      const InFlight& f = ring[j & (kRing - 1)];
+      if ((f.seq & 1) != 0) continue;  // a writer holds the set: kUnknown
+      const int64_t base = d.set * kWays;
+      int way = f.way;
+      if (way >= 0 && set_keys[base + way] != d.key) {
+        way = -1;
+        for (uint64_t c = f.candidates & (f.candidates - 1); c != 0; c &= c - 1) {
+          const int w = WayOfCandidate(d.first_slab, __builtin_ctzll(c));
+          if (set_keys[base + w] == d.key) {
+            way = w;
+            break;
+          }
+        }
       }
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (seqs[f.set].load(std::memory_order_relaxed) == f.seq) {
-        if (way < 0) missed.push_back(static_cast<int64_t>(r));
-        continue;
+      if (way >= 0) {
+        // The copies check the word after reading the row.
+        TouchRelaxed(set_stamps + base + way, stamp);
+        d.row = rows + (base + way) * dim;
+        d.seq = f.seq;
+        d.state = PositionDedup::kCached;
+      } else {
+        // A miss read while no writer held or changed the set is a miss.
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (seqs[d.set].load(std::memory_order_relaxed) == f.seq) d.state = PositionDedup::kAbsent;
       }
     }
-    // A writer held or changed the set meanwhile: look again, as a writer.
-    bool advanced = false;
-    if (CopyLocked(f.key, {f.set, f.first_slab}, stamp, dest, &advanced)) {
-      hit_keys += advanced;
-    } else {
-      missed.push_back(static_cast<int64_t>(r));
+  }
+
+  // 3. Copy each position's row, loading the rows of keys met for the first
+  //    time kAhead positions early (a repeated key's row is in the CPU cache).
+  {
+    constexpr uint64_t kAhead = 8;
+    auto prefetch_first = [&](uint64_t r) __attribute__((always_inline)) {
+      const uint32_t of = of_position[r];
+      if ((of & PositionDedup::kFirst) == 0) return;
+      const Distinct& d = distinct[of & ~PositionDedup::kFirst];
+      if (d.state == PositionDedup::kCached) prefetch_row(d.row);
+    };
+    for (uint64_t r = 0; r < std::min(count, kAhead); ++r) prefetch_first(r);
+    for (uint64_t r = 0; r < count; ++r) {
+      if (r + kAhead < count) prefetch_first(r + kAhead);
+      Distinct& d = distinct[of_position[r] & ~PositionDedup::kFirst];
+      const int64_t position = begin + static_cast<int64_t>(r);
+      float* dest = values + position * dim;
+      if (d.state == PositionDedup::kCached) {
+        tf_hps::CopyRow(dest, d.row, dim, row_bytes, stream);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (seqs[d.set].load(std::memory_order_relaxed) == d.seq) continue;
+        d.state = PositionDedup::kUnknown;  // a writer changed the set since the probe
+      }
+      if (d.state == PositionDedup::kUnknown) {
+        const slab::Home home{d.set, d.first_slab};
+        uint32_t seq;
+        const int way = FindOptimistic(d.key, home, stamp, &seq);
+        if (CopyChecked(d.key, home, way, seq, stamp, dest, stream)) {
+          // Later positions copy the row found now while the set's word
+          // stays `seq`; if it moved already (or the copy was redone under
+          // the lock), they look again.
+          if (way >= 0 && seqs[d.set].load(std::memory_order_relaxed) == seq) {
+            d.row = rows + (d.set * kWays + way) * dim;
+            d.seq = seq;
+            d.state = PositionDedup::kCached;
+          }
+          continue;
+        }
+        d.state = PositionDedup::kAbsent;
+      }
+      if (d.miss < 0) {  // the key's first missed position in this range
+        d.miss = static_cast<int64_t>(misses->keys.size());
+        misses->keys.push_back(d.key);
+      }
+      misses->positions.push_back(position);
+      misses->key_of.push_back(d.miss);
     }
   }
   if (stream) StreamFence();
-  // The misses, each distinct key once, in order of first appearance.
-  dedup.Start(static_cast<int64_t>(missed.size()));
-  const int64_t offset = static_cast<int64_t>(misses->keys.size());
-  for (int64_t r : missed) {
-    const int64_t key = keys[begin + r];
-    const int64_t j = dedup.Find(key);
-    if (offset + j == static_cast<int64_t>(misses->keys.size())) misses->keys.push_back(key);
-    misses->positions.push_back(begin + r);
-    misses->key_of.push_back(offset + j);
+  misses->distinct += u;
+}
+
+// slab::ChooseWay for the CPU, with the tags: the key's way if cached
+// (*cached), else the first empty way in probe order, else the least recently
+// used one; only the keys whose tag matches are compared, and the stamps are
+// read only to evict. The set must be locked.
+inline int EmbeddingCache::ChooseWayTagged(int64_t base, slab::Home home, uint8_t tag, int64_t key,
+                                           bool* cached) const {
+  const uint8_t* set_tags = tags_.get() + base;
+  *cached = false;
+  for (int step = 0; step < slab::kSlabsPerSet; ++step) {
+    const int slab_base = (home.first_slab ^ step) * slab::kLanes;
+    for (uint32_t match = TagMask(set_tags + slab_base, tag); match != 0; match &= match - 1) {
+      const int way = slab_base + __builtin_ctz(match);
+      if (keys_[base + way] == key) {
+        *cached = true;
+        return way;
+      }
+    }
+    const uint32_t empty = TagMask(set_tags + slab_base, 0);
+    if (empty != 0) return slab_base + __builtin_ctz(empty);
   }
-  misses->distinct += hit_keys + dedup.count();
+  return slab::LeastRecentWay(slab::HostLanes(), stamps_.get() + base, home.first_slab);
 }
 
 int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* values, uint64_t stamp,
                                 const UpdateGuard* guard) {
   stamp = std::max<uint64_t>(stamp, 1);  // 0 would mark the way empty
-  const slab::HostLanes lanes;
   int64_t evicted = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  // Sets lie at random in memory, so a key's set is loaded kStage keys
+  // before it is written: its word and tags, then what its insert reads (the
+  // key of a way whose tag matches, or a full set's stamps), read here
+  // without the lock only to start the loads.
+  constexpr int64_t kStage = 4;
+  constexpr int64_t kRing = 4 * kStage;  // a power of 2
+  struct Ahead {
+    slab::Home home;
+    uint8_t tag;
+  };
+  Ahead ring[kRing];
+  auto locate = [&](int64_t i) {
+    Ahead& a = ring[i & (kRing - 1)];
     const uint64_t mix = MixKey(static_cast<uint64_t>(keys[i]));
-    const slab::Home home = slab::HomeOfMix(mix, num_sets_);
-    const int64_t base = home.set * kWays;
-    SetLock lock(seqs_[home.set]);
+    a.home = slab::HomeOfMix(mix, num_sets_);
+    a.tag = TagOfMix(mix);
+    __builtin_prefetch(&seqs_[a.home.set], 1);
+    __builtin_prefetch(tags_.get() + a.home.set * kWays, 1);
+  };
+  auto warm = [&](int64_t i) {
+    const Ahead& a = ring[i & (kRing - 1)];
+    const int64_t base = a.home.set * kWays;
+    const uint8_t* set_tags = tags_.get() + base;
+    const int first = a.home.first_slab * slab::kLanes;
+    const uint32_t match = TagMask(set_tags + first, a.tag);
+    if (match != 0) {
+      __builtin_prefetch(keys_.get() + base + first + __builtin_ctz(match));
+    } else if (TagMask(set_tags + first, 0) == 0 && TagMask(set_tags + (first ^ slab::kLanes), 0) == 0) {
+      for (int way = 0; way < kWays; way += 64 / sizeof(uint64_t)) __builtin_prefetch(stamps_.get() + base + way, 1);
+    }
+  };
+  for (int64_t i = 0; i < std::min(n, 2 * kStage); ++i) locate(i);
+  for (int64_t i = 0; i < std::min(n, kStage); ++i) warm(i);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + 2 * kStage < n) locate(i + 2 * kStage);
+    if (i + kStage < n) warm(i + kStage);
+    const Ahead& a = ring[i & (kRing - 1)];
+    const int64_t base = a.home.set * kWays;
+    SetLock lock(seqs_[a.home.set]);
     if (guard && !guard->Holds()) break;
     bool cached;
-    const int way =
-        slab::ChooseWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, keys[i], &cached);
+    const int way = ChooseWayTagged(base, a.home, a.tag, keys[i], &cached);
     if (cached) {
       slab::Touch(&stamps_[base + way], stamp);
     } else {
       evicted += stamps_[base + way] != 0;  // the way held another key
       keys_[base + way] = keys[i];
       stamps_[base + way] = stamp;
-      tags_[base + way] = TagOfMix(mix);
+      tags_[base + way] = a.tag;
     }
     std::memcpy(values_.get() + (base + way) * dim_, values + i * dim_, row_bytes_);
   }

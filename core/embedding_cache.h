@@ -64,10 +64,7 @@ class EmbeddingCache {
     std::vector<int64_t> keys;       // the distinct keys L1 did not hold, each once
     std::vector<int64_t> positions;  // every position that asked for one of them
     std::vector<int64_t> key_of;     // for each of those positions, its key's index in `keys`
-    // Distinct keys of the batch's lookup: each key hit counted in the range
-    // whose probe first moved its stamp to the batch's (so once per batch on
-    // one thread, rarely twice when ranges race), plus each range's misses.
-    int64_t distinct = 0;
+    int64_t distinct = 0;            // distinct keys among the positions queried
     void Clear() {
       keys.clear();
       positions.clear();
@@ -86,8 +83,9 @@ class EmbeddingCache {
 
   // The L1 part of a lookup, for positions [begin, end) of a batch: writes
   // the row of every position whose key is cached into values[position]
-  // (values: (batch, dim)). Appends the keys not cached, each once, and
-  // their positions to `misses` (which it does not clear). With `stream`, rows are written with non-temporal stores (for
+  // (values: (batch, dim)), probing the cache once per distinct key (its
+  // later positions copy the row found then). Appends the keys not cached,
+  // each once, and their positions to `misses` (which it does not clear). With `stream`, rows are written with non-temporal stores (for
   // outputs much larger than the CPU caches). Several threads may query
   // disjoint ranges of one batch at once.
   void QueryPositions(const int64_t* keys, int64_t begin, int64_t end, float* values, uint64_t stamp,
@@ -131,10 +129,10 @@ class EmbeddingCache {
   // set did not change since *seq was read; redoes the probe under the set's
   // lock if it did. True if the key is cached.
   bool CopyChecked(int64_t key, slab::Home home, int way, uint32_t seq, uint64_t stamp, float* dest, bool stream);
-  // The probe and copy under the set's lock; *advanced: the key's stamp moved to `stamp`.
-  bool CopyLocked(int64_t key, slab::Home home, uint64_t stamp, float* dest, bool* advanced);
   // QueryPositions' filter: ways whose tag matches (see tags_), and the way of a candidate's bit.
   static uint64_t CandidateWays(const uint8_t* set_tags, int first_slab, uint8_t tag);
+  // Replace's slab::ChooseWay, through the tags.
+  int ChooseWayTagged(int64_t base, slab::Home home, uint8_t tag, int64_t key, bool* cached) const;
   static int WayOfCandidate(int first_slab, int bit);
   // Row copies of QueryPositions: whether rows into `values` can be streamed
   // (16-byte aligned rows), one row, and the fence after streamed rows.

@@ -32,7 +32,7 @@ constexpr size_t kStreamOutputBytes = size_t{16} << 20;
 // about what it saves), and no more ranges than the machine has cores (at
 // most kMaxRanges): ranges beyond the cores only wait for one (16k-key calls
 // on 2 cores: 2 ranges take about 0.75x the time of one, and vary less than
-// 8 ranges of 2k). Each range de-duplicates its own misses, so a key two
+// 8 ranges of 2k). Each range de-duplicates its own keys, so a key two
 // ranges miss is fetched once (ResolveMisses) but listed by both.
 constexpr int64_t kMinPositionsPerRange = 8192;
 constexpr int64_t kMaxRanges = 16;
@@ -438,7 +438,7 @@ void ParameterServer::LookupThroughCache(const EmbeddingTable& table, const int6
   const uint64_t stamp = cache.NextStamp();
 
   // L1, each range of positions on its own thread: every position of a cached
-  // key gets its row; each range lists the keys it missed once. Buffers of
+  // key gets its row; each distinct key of a range is probed once. Buffers of
   // this thread's previous lookups are reused (parallel_for's workers reach
   // the caller's through this reference, never by its thread_local name).
   thread_local EmbeddingCache::PositionMisses this_thread_misses;
@@ -491,8 +491,8 @@ void ParameterServer::ResolveMisses(const EmbeddingTable& table, int64_t n, floa
     insert_keys.push_back(unique.keys[j]);
     insert_rows.insert(insert_rows.end(), fetched.get() + j * dim, fetched.get() + (j + 1) * dim);
   }
-  // The batch's hit rate over its distinct keys (PositionMisses::distinct: a
-  // key two ranges missed counts in both).
+  // The batch's hit rate over its distinct keys (per range: a key two ranges
+  // asked for counts in both).
   const double hit_rate = 1.0 - static_cast<double>(misses.keys.size()) / std::max<int64_t>(misses.distinct, 1);
   if (!insert_keys.empty()) InsertIntoCache(table, hit_rate, stamp, epoch_seen, &insert_keys, &insert_rows);
 }

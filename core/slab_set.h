@@ -206,6 +206,20 @@ TF_HPS_HOST_DEVICE inline int FindWay(const Lanes& lanes, const int64_t* keys, c
   return -1;
 }
 
+// The way a full set evicts: the smallest stamp, ties to the way that comes
+// first in probe order.
+template <class Lanes>
+TF_HPS_HOST_DEVICE inline int LeastRecentWay(const Lanes& lanes, const uint64_t* stamps, int first_slab) {
+  static_assert(kSlabsPerSet == 2, "the eviction scan below looks at two slabs per lane");
+  const int first = first_slab * kLanes, second = (first_slab ^ 1) * kLanes;
+  const Candidate victim = lanes.MinCandidate([&](int lane) {
+    const Candidate a{stamps[first + lane], lane};
+    const Candidate b{stamps[second + lane], kLanes + lane};
+    return EvictsFirst(b, a) ? b : a;
+  });
+  return victim.order < kLanes ? first + victim.order : second + victim.order - kLanes;
+}
+
 // Where Replace puts `key`: its own way if cached (*cached = true), else the
 // first empty way in probe order, else the least recently used way.
 template <class Lanes>
@@ -222,14 +236,7 @@ TF_HPS_HOST_DEVICE inline int ChooseWay(const Lanes& lanes, const int64_t* keys,
     const uint32_t empty = lanes.EmptyMask(stamps + base);
     if (empty != 0) return base + LowestLane(empty);
   }
-  static_assert(kSlabsPerSet == 2, "the eviction scan below looks at two slabs per lane");
-  const int first = first_slab * kLanes, second = (first_slab ^ 1) * kLanes;
-  const Candidate victim = lanes.MinCandidate([&](int lane) {
-    const Candidate a{stamps[first + lane], lane};
-    const Candidate b{stamps[second + lane], kLanes + lane};
-    return EvictsFirst(b, a) ? b : a;
-  });
-  return victim.order < kLanes ? first + victim.order : second + victim.order - kLanes;
+  return LeastRecentWay(lanes, stamps, first_slab);
 }
 
 // Marks a way as used by the batch with `stamp`; stamps never go back, so a
