@@ -26,6 +26,7 @@ HPS_CORE_SRCS = [
 ]
 
 HPS_CORE_HDRS = [
+    "base/aligned_buffer.h",
     "base/error.h",
     "base/key_hash.h",
     "base/log.h",

@@ -2,12 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include <new>
 #include <thread>
 #include <vector>
 
-#include <sys/mman.h>
-
+#include "base/aligned_buffer.h"
 #include "base/key_hash.h"
 #include "base/row_copy.h"
 
@@ -19,27 +17,6 @@
 #endif
 
 namespace tf_hps {
-namespace {
-
-// Cache-line aligned; arrays of 2 MiB and more sit on huge pages where the
-// kernel allows it, since probes land on random sets and rows (about 10%
-// more lookups per second than with 4 KiB pages and their TLB misses).
-template <class T>
-T* AllocateAligned(int64_t count, bool zero) {
-  constexpr size_t kHugePage = size_t{2} << 20;
-  const size_t raw = std::max<size_t>(count * sizeof(T), 1);
-  const size_t align = raw >= kHugePage ? kHugePage : 64;
-  const size_t bytes = (raw + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, bytes);
-  if (p == nullptr) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  if (align == kHugePage) madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-  if (zero) std::memset(p, 0, bytes);
-  return static_cast<T*>(p);
-}
-
-}  // namespace
 
 // Each set has a sequence word: even while the set is stable, odd while a
 // writer holds it. Writers (Replace, Update, and the readers that fall back)

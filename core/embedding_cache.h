@@ -22,6 +22,7 @@
 #include <memory>
 #include <vector>
 
+#include "base/aligned_buffer.h"
 #include "core/slab_set.h"
 
 namespace tf_hps {
@@ -111,11 +112,8 @@ class EmbeddingCache {
   int64_t Size() const;
 
  private:
-  struct FreeDeleter {
-    void operator()(void* p) const { std::free(p); }
-  };
   template <class T>
-  using Buffer = std::unique_ptr<T[], FreeDeleter>;
+  using Buffer = AlignedBuffer<T>;
 
   class SetLock;
   // Computes the home of `key` and starts loading its lock and first slab.

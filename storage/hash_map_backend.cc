@@ -6,6 +6,7 @@
 #include <mutex>
 #include <random>
 
+#include "base/aligned_buffer.h"
 #include "base/error.h"
 #include "base/key_hash.h"
 #include "base/row_copy.h"
@@ -14,7 +15,15 @@ namespace tf_hps {
 namespace {
 
 constexpr uint32_t kEmptySlot = UINT32_MAX;
-constexpr int64_t kPageRows = 4096;  // rows per full page
+// Rows per full page: 4096, or more for short rows, so that a full page's
+// values fill a huge page (2 MiB) at least: lookups read rows at random, and
+// on 4 KiB pages most of those reads would also miss the TLB.
+int PageShiftFor(int64_t dim) {
+  int shift = 12;
+  while ((int64_t{1} << shift) * dim * static_cast<int64_t>(sizeof(float)) < static_cast<int64_t>(kHugePageBytes))
+    ++shift;
+  return shift;
+}
 constexpr double kMaxLoad = 0.75;
 
 uint32_t NowSeconds() { return static_cast<uint32_t>(std::time(nullptr)); }
@@ -58,7 +67,11 @@ void GroupByPartition(const int64_t* keys, int64_t n, int64_t num_partitions, Pa
 
 class HashMapBackend::Partition {
  public:
-  Partition(int64_t dim, bool track_meta) : dim_(dim), track_meta_(track_meta) {}
+  Partition(int64_t dim, bool track_meta)
+      : dim_(dim),
+        track_meta_(track_meta),
+        page_shift_(PageShiftFor(dim)),
+        page_mask_((int64_t{1} << page_shift_) - 1) {}
 
   mutable std::shared_mutex mutex;
 
@@ -86,14 +99,14 @@ class HashMapBackend::Partition {
     const uint32_t row = index_[(hash >> 8) & mask_];
     if (row == kEmptySlot) return;
     const Page& page = PageOf(row);
-    __builtin_prefetch(&page.keys[row % kPageRows]);
-    const char* values = reinterpret_cast<const char*>(page.values.get() + (row % kPageRows) * dim_);
+    __builtin_prefetch(&page.keys[(row & page_mask_)]);
+    const char* values = reinterpret_cast<const char*>(page.values.get() + (row & page_mask_) * dim_);
     for (int64_t b = 0; b < dim_ * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(values + b);
   }
 
-  const float* Values(int64_t row) const { return PageOf(row).values.get() + (row % kPageRows) * dim_; }
-  int64_t KeyAt(int64_t row) const { return PageOf(row).keys[row % kPageRows]; }
-  uint32_t* Meta(int64_t row) { return &pages_[row / kPageRows].meta[row % kPageRows]; }
+  const float* Values(int64_t row) const { return PageOf(row).values.get() + (row & page_mask_) * dim_; }
+  int64_t KeyAt(int64_t row) const { return PageOf(row).keys[(row & page_mask_)]; }
+  uint32_t* Meta(int64_t row) { return &pages_[row >> page_shift_].meta[(row & page_mask_)]; }
 
   // Inserts or overwrites a row; returns true if the key was new.
   bool Upsert(int64_t key, uint64_t hash, const float* values, uint32_t meta) {
@@ -108,9 +121,9 @@ class HashMapBackend::Partition {
     const int64_t row = size_++;
     index_[slot] = static_cast<uint32_t>(row);
     EnsureRowCapacity(row);
-    Page& page = pages_[row / kPageRows];
-    page.keys[row % kPageRows] = key;
-    if (track_meta_) page.meta[row % kPageRows] = meta;
+    Page& page = pages_[row >> page_shift_];
+    page.keys[(row & page_mask_)] = key;
+    if (track_meta_) page.meta[(row & page_mask_)] = meta;
     std::memcpy(MutableValues(row), values, dim_ * sizeof(float));
     return true;
   }
@@ -127,7 +140,7 @@ class HashMapBackend::Partition {
       const int64_t last_key = KeyAt(last);
       const int64_t last_slot = FindSlot(last_key, MixKey(static_cast<uint64_t>(last_key)));
       std::memcpy(MutableValues(row), Values(last), dim_ * sizeof(float));
-      pages_[row / kPageRows].keys[row % kPageRows] = last_key;
+      pages_[row >> page_shift_].keys[(row & page_mask_)] = last_key;
       if (track_meta_) *Meta(row) = *Meta(last);
       index_[last_slot] = static_cast<uint32_t>(row);
     }
@@ -137,17 +150,18 @@ class HashMapBackend::Partition {
   }
 
  private:
-  // Rows [k * kPageRows, (k + 1) * kPageRows) of page k. Only the last page
-  // may hold fewer than kPageRows; it grows by doubling up to kPageRows.
+  // Rows [k * R, (k + 1) * R) of page k, R = 2^page_shift_ (PageShiftFor).
+  // Only the last page may hold fewer than R rows; the first page grows by
+  // doubling up to R, later ones have room for R from the start.
   struct Page {
     int64_t capacity = 0;
-    std::unique_ptr<float[]> values;
+    AlignedBuffer<float> values;  // a full page's on huge pages
     std::unique_ptr<int64_t[]> keys;
     std::unique_ptr<uint32_t[]> meta;
   };
 
-  const Page& PageOf(int64_t row) const { return pages_[row / kPageRows]; }
-  float* MutableValues(int64_t row) { return pages_[row / kPageRows].values.get() + (row % kPageRows) * dim_; }
+  const Page& PageOf(int64_t row) const { return pages_[row >> page_shift_]; }
+  float* MutableValues(int64_t row) { return pages_[row >> page_shift_].values.get() + (row & page_mask_) * dim_; }
 
   int64_t FindSlot(int64_t key, uint64_t hash) const {
     if (index_.empty()) return -1;
@@ -188,18 +202,21 @@ class HashMapBackend::Partition {
   }
 
   void EnsureRowCapacity(int64_t row) {
-    const int64_t page_index = row / kPageRows;
+    const int64_t page_index = row >> page_shift_;
     if (page_index == static_cast<int64_t>(pages_.size())) pages_.emplace_back();
     Page& page = pages_[page_index];
-    const int64_t needed = row % kPageRows + 1;
+    const int64_t needed = (row & page_mask_) + 1;
     if (needed <= page.capacity) return;
-    const int64_t capacity = std::min(kPageRows, std::max<int64_t>(16, page.capacity * 2));
+    // The first page grows by doubling (small tables stay small); later
+    // ones are whole from the start (no copies, no freed halves).
+    const int64_t capacity =
+        page_index == 0 ? std::min(page_mask_ + 1, std::max<int64_t>(16, page.capacity * 2)) : page_mask_ + 1;
     Page grown;
     grown.capacity = capacity;
-    grown.values.reset(new float[capacity * dim_]);
+    grown.values = AllocateAligned<float>(capacity * dim_, /*zero=*/false);
     grown.keys.reset(new int64_t[capacity]);
     if (track_meta_) grown.meta.reset(new uint32_t[capacity]);
-    const int64_t used = row % kPageRows;  // rows already in this page
+    const int64_t used = row & page_mask_;  // rows already in this page
     if (used > 0) {
       std::memcpy(grown.values.get(), page.values.get(), used * dim_ * sizeof(float));
       std::memcpy(grown.keys.get(), page.keys.get(), used * sizeof(int64_t));
@@ -210,6 +227,8 @@ class HashMapBackend::Partition {
 
   const int64_t dim_;
   const bool track_meta_;
+  const int page_shift_;
+  const int64_t page_mask_;
   int64_t size_ = 0;
   std::vector<uint32_t> index_;  // row of each slot, kEmptySlot when free; power-of-two size
   uint64_t mask_ = 0;

@@ -1,11 +1,14 @@
 // The in-process volatile database: a partitioned hash map with packed rows.
 //
-// Each table is split into `num_partitions` partitions by PartitionOf(key)
-// (storage/layout.h), each guarded by its own reader-writer lock, so callers
-// working on different partitions never contend.
+// Each table is split into `num_partitions` partitions by the high bits of
+// its keys' MixKey, each guarded by its own reader-writer lock, so writers
+// working on different partitions never contend; a fetch holds every
+// partition's read lock for a chunk of keys and runs one prefetching pipeline
+// over them in their own order.
 //
 // A partition stores rows back to back in fixed-size pages (no per-row
-// padding, no reallocation of existing rows as it grows):
+// padding, no reallocation of existing rows as it grows; a full page's values
+// are at least 2 MiB, on huge pages where the kernel allows):
 //   row r: values[r] (dim floats), keys[r] (int64), meta[r] (uint32, only
 //          with an overflow margin: access count or last access time).
 // An open-addressing index (linear probing) maps keys to rows: each slot

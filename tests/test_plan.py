@@ -77,7 +77,10 @@ def test_hash_map_partition_growth_by_hand():
     assert f(12, 4, False) == 16 * 24 + 16 * 4  # 12 <= 0.75 * 16: no index growth yet
     assert f(13, 4, False) == 16 * 24 + 32 * 4
     assert f(13, 4, True) == 16 * 28 + 32 * 4  # 4 bytes of metadata per row
-    assert f(4097, 1, False) == (4096 + 16) * 12 + 8192 * 4  # a full page and a new one of 16 rows
+    # A full page holds 4096 rows, or more where their values are under 2 MiB (huge pages): 32768 at dim 16.
+    assert plan.hash_map_page_rows(128) == 4096 and plan.hash_map_page_rows(16) == 32768
+    assert f(4097, 16, False) == 8192 * 72 + 8192 * 4  # the first page doubles up to 32768 rows
+    assert f(4097, 128, False) == (4096 + 4096) * 520 + 8192 * 4  # a full page, and the next one whole
 
 
 def test_overflow_margin_caps_rows_and_adds_metadata(tables):

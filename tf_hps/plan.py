@@ -38,7 +38,7 @@ CACHE_WAYS = 64
 # core/embedding_cache.cc AllocateAligned: 64-byte alignment, 2 MiB (huge pages) for arrays of 2 MiB and more.
 CACHE_HUGE_PAGE = 2 * MIB
 CACHE_LINE = 64
-# storage/hash_map_backend.cc: rows per page, first page size, index load limit.
+# storage/hash_map_backend.cc: rows per page (at least, see hash_map_page_rows), first page size, index load limit.
 HASH_MAP_PAGE_ROWS = 4096
 HASH_MAP_FIRST_PAGE_ROWS = 16
 HASH_MAP_MIN_INDEX = 16
@@ -132,6 +132,14 @@ def gpu_static_table_bytes(rows: int, dim: int) -> int:
 
 # ------------------------------------------------------------- hash map ---
 
+def hash_map_page_rows(dim: int) -> int:
+    """Rows of a full hash-map page: 4096, or the power of two whose values fill 2 MiB (PageShiftFor)."""
+    rows = HASH_MAP_PAGE_ROWS
+    while rows * dim * 4 < CACHE_HUGE_PAGE:
+        rows *= 2
+    return rows
+
+
 def hash_map_partition_bytes(rows: int, dim: int, track_meta: bool, resident: bool = False) -> int:
     """Bytes one hash-map partition of `rows` rows allocates (HashMapBackend::Partition::MemoryBytes).
 
@@ -141,16 +149,21 @@ def hash_map_partition_bytes(rows: int, dim: int, track_meta: bool, resident: bo
     """
     if rows <= 0:
         return 0
-    full_pages, rest = divmod(rows, HASH_MAP_PAGE_ROWS)
+    page_rows = hash_map_page_rows(dim)
+    full_pages, rest = divmod(rows, page_rows)
     row_bytes = (dim * 4, 8) + ((4,) if track_meta else ())
-    bytes_ = full_pages * HASH_MAP_PAGE_ROWS * sum(row_bytes)
+    bytes_ = full_pages * page_rows * sum(row_bytes)
     if rest:
-        last = HASH_MAP_FIRST_PAGE_ROWS
+        # The first page grows by doubling; later ones are allocated whole.
+        last = HASH_MAP_FIRST_PAGE_ROWS if full_pages == 0 else page_rows
         while last < rest:
             last *= 2
-        last = min(last, HASH_MAP_PAGE_ROWS)
+        last = min(last, page_rows)
         if resident:
-            bytes_ += sum(min(-(-rest * b // MEMORY_PAGE) * MEMORY_PAGE, last * b) for b in row_bytes)
+            for b in row_bytes:
+                # Values of 2 MiB and more lie on huge pages: the whole page is resident once written.
+                page = CACHE_HUGE_PAGE if b == dim * 4 and last * b >= CACHE_HUGE_PAGE else MEMORY_PAGE
+                bytes_ += min(-(-rest * b // page) * page, last * b)
         else:
             bytes_ += last * sum(row_bytes)
     index = HASH_MAP_MIN_INDEX
