@@ -5,6 +5,9 @@
 #include <ctime>
 #include <mutex>
 #include <random>
+#include <shared_mutex>
+
+#include <pthread.h>
 
 #include "base/aligned_buffer.h"
 #include "base/error.h"
@@ -27,6 +30,37 @@ int PageShiftFor(int64_t dim) {
 constexpr double kMaxLoad = 0.75;
 
 uint32_t NowSeconds() { return static_cast<uint32_t>(std::time(nullptr)); }
+
+// A partition's reader-writer lock, which lets a waiting writer in before
+// new readers. glibc's default lets readers in first, and a fetch holds
+// every partition's read lock for a chunk of keys, so a steady stream of
+// lookups on a few threads could otherwise keep an online update, or a
+// write-back, waiting indefinitely. Readers take partitions in increasing
+// order and writers hold one at a time, so waiting writers cannot deadlock
+// them. Not recursive: a thread never read-locks a partition it holds.
+class PartitionMutex {
+ public:
+  PartitionMutex() {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+#ifdef __GLIBC__
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    pthread_rwlock_init(&lock_, &attr);
+    pthread_rwlockattr_destroy(&attr);
+  }
+  ~PartitionMutex() { pthread_rwlock_destroy(&lock_); }
+  PartitionMutex(const PartitionMutex&) = delete;
+  PartitionMutex& operator=(const PartitionMutex&) = delete;
+
+  void lock() { pthread_rwlock_wrlock(&lock_); }
+  void unlock() { pthread_rwlock_unlock(&lock_); }
+  void lock_shared() { pthread_rwlock_rdlock(&lock_); }
+  void unlock_shared() { pthread_rwlock_unlock(&lock_); }
+
+ private:
+  pthread_rwlock_t lock_;
+};
 
 enum class Policy { kRandom, kLeastUsed, kOldest };
 
@@ -73,7 +107,7 @@ class HashMapBackend::Partition {
         page_shift_(PageShiftFor(dim)),
         page_mask_((int64_t{1} << page_shift_) - 1) {}
 
-  mutable std::shared_mutex mutex;
+  mutable PartitionMutex mutex;
 
   int64_t size() const { return size_; }
 
@@ -287,7 +321,7 @@ void HashMapBackend::Insert(const std::string& table, int64_t n, const int64_t* 
   for (int64_t p = 0; p < config_.num_partitions; ++p) {
     if (groups.begin[p] == groups.begin[p + 1]) continue;
     Partition& part = *t->partitions[p];
-    std::unique_lock<std::shared_mutex> lock(part.mutex);
+    std::unique_lock<PartitionMutex> lock(part.mutex);
     for (int64_t j = groups.begin[p]; j < groups.begin[p + 1]; ++j) {
       const int64_t i = groups.order[j];
       const uint64_t hash = groups.hash[i];
@@ -399,7 +433,7 @@ int64_t HashMapBackend::SumOverPartitions(const std::string& table, Fn&& fn) con
   if (it == tables_.end()) return 0;
   int64_t sum = 0;
   for (const auto& p : it->second->partitions) {
-    std::shared_lock<std::shared_mutex> part_lock(p->mutex);
+    std::shared_lock<PartitionMutex> part_lock(p->mutex);
     sum += fn(*p);
   }
   return sum;
@@ -427,7 +461,7 @@ int64_t HashMapBackend::Evict(const std::string& table, int64_t n, const int64_t
   for (int64_t p = 0; p < config_.num_partitions; ++p) {
     if (groups.begin[p] == groups.begin[p + 1]) continue;
     Partition& part = *t->partitions[p];
-    std::unique_lock<std::shared_mutex> lock(part.mutex);
+    std::unique_lock<PartitionMutex> lock(part.mutex);
     for (int64_t j = groups.begin[p]; j < groups.begin[p + 1]; ++j) {
       const int64_t i = groups.order[j];
       evicted += part.Erase(keys[i], groups.hash[i]);
