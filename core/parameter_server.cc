@@ -231,6 +231,7 @@ void ParameterServer::LoadTable(const ModelConfig& model, int64_t t, EmbeddingTa
                                "that the table files no longer hold were removed from the " +
                                persistent_db_->name());
   }
+  if (fill_pdb) persistent_db_->FinishLoad(table->tag);
   // An in-process hash map as the deepest tier that could not keep every row (overflow_margin) would
   // answer the default for the rows it evicted: no tier below holds them. Refuse it.
   if (fill_vdb && !vdb_down && !persistent_db_ && !volatile_db_shared_) {

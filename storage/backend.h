@@ -84,6 +84,11 @@ class DatabaseBackend {
     return {};
   }
 
+  // A load wrote the table's rows: arrange them for point reads (RocksDB
+  // flushes them from its memtable, a skip list, into a table file with its
+  // bloom filter and block index). Nothing by default.
+  virtual void FinishLoad(const std::string& table) { (void)table; }
+
   // Rows stored for `table` (0 for an unknown table).
   virtual int64_t Size(const std::string& table) const = 0;
 

@@ -282,6 +282,21 @@ void RocksDbBackend::Insert(const std::string& table, int64_t n, const int64_t* 
   }
 }
 
+void RocksDbBackend::FinishLoad(const std::string& table) {
+  if (read_only_) return;
+  const Handle cf = FindColumnFamily(table);
+  if (cf == nullptr) return;
+  // Point reads of a large memtable walk a skip list, a cache miss per
+  // level; from a table file they take a bloom filter, an index block and
+  // a data block, mostly from the block cache.
+  rocksdb::FlushOptions options;
+  options.wait = true;
+  const rocksdb::Status s = db_->Flush(options, cf.get());
+  if (!s.ok())
+    Log(LogLevel::kWarning, "rocks_db '" + path_ + "': table '" + table + "': flush after the load failed (rows "
+                            "stay in the memtable, slower to read): " + s.ToString());
+}
+
 int64_t RocksDbBackend::Fetch(const std::string& table, int64_t n, const int64_t* keys, float* values,
                               int64_t dim, std::vector<int64_t>* missing) {
   // Each distinct key costs a lookup on the server, so duplicates are asked for once.

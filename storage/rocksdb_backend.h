@@ -56,6 +56,7 @@ class RocksDbBackend : public DatabaseBackend {
   int64_t Evict(const std::string& table, int64_t n, const int64_t* keys) override;
   // One scan of the column family; the deletes go in batches of max_batch_size.
   int64_t RetainOnly(const std::string& table, int64_t n, const int64_t* sorted_keys) override;
+  void FinishLoad(const std::string& table) override;
   // Drops the table's column family.
   void EvictTable(const std::string& table) override;
   std::vector<std::string> ListTables() const override;
