@@ -142,7 +142,7 @@ $(GPU_CACHE_LIB): $(GPU_CACHE_SRCS) $(GPU_CACHE_HDRS) scripts/bootstrap.sh
 	  "$$nvcc" $(NVCC_FLAGS) $(GPU_CACHE_SRCS) -o $@
 
 $(CACHE_HOST_LIB): tests/cache_host_shim.cc core/embedding_cache.cc core/embedding_cache.h core/slab_set.h \
-		base/aligned_buffer.h base/key_hash.h base/row_copy.h base/unique_keys.cc base/unique_keys.h
+		base/aligned_buffer.h base/key_hash.h base/position_dedup.h base/row_copy.h base/unique_keys.cc base/unique_keys.h
 	@mkdir -p $(dir $@)
 	@echo "  CXX $@"
 	@g++ $(CXXFLAGS) -shared tests/cache_host_shim.cc core/embedding_cache.cc base/unique_keys.cc -o $@

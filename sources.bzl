@@ -30,6 +30,7 @@ HPS_CORE_HDRS = [
     "base/error.h",
     "base/key_hash.h",
     "base/log.h",
+    "base/position_dedup.h",
     "base/row_copy.h",
     "base/unique_keys.h",
     "storage/backend.h",

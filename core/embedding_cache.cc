@@ -7,6 +7,7 @@
 
 #include "base/aligned_buffer.h"
 #include "base/key_hash.h"
+#include "base/position_dedup.h"
 #include "base/row_copy.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -203,70 +204,29 @@ void EmbeddingCache::Query(const int64_t* keys, int64_t n, float* values, uint64
 
 namespace {
 
-// This thread's scratch for QueryPositions: a table of the distinct keys of
-// a range (open addressing over a power of two of slots, each the key and
-// (generation << 32 | the key's index among the distinct keys); a slot of an
-// older generation is empty, so a call starts by bumping the generation
-// instead of clearing the table), what the probe found for each distinct
-// key, and each position's distinct key.
-class PositionDedup {
- public:
-  struct Slot {
-    int64_t key;
-    uint64_t tag;
-  };
+// What QueryPositions' probe finds for a distinct key of a range.
+struct ProbedKey {
   enum State : uint8_t {
     kCached,   // `row` holds the key while the set's sequence word stays `seq`
     kAbsent,   // not cached when probed
     kUnknown,  // a writer changed the set during the probe: look again
   };
-  struct Distinct {
-    int64_t key;
-    int64_t set;
-    const float* row;  // its row in the cache (kCached), read optimistically
-    uint32_t seq;      // the set's sequence word, read before its tags
-    uint8_t tag;
-    uint8_t first_slab;
-    State state;
-    int64_t miss;  // its index in the misses' keys, or -1
-  };
-  // A position's distinct key, with kFirst set at the key's first position.
-  static constexpr uint32_t kFirst = 1u << 31;
-
-  // Room for `n` positions and distinct keys (table load <= 1/2), empty.
-  void Start(int64_t n) {
-    size_t capacity = 16;
-    while (capacity < static_cast<size_t>(2 * n)) capacity <<= 1;
-    if (capacity > capacity_ || generation_ == UINT32_MAX) {
-      capacity_ = std::max(capacity, capacity_);
-      slots_.reset(new Slot[capacity_]());
-      generation_ = 0;
-    }
-    mask_ = capacity - 1;
-    ++generation_;
-    if (distinct_.size() < static_cast<size_t>(n)) distinct_.resize(n);
-    if (of_position_.size() < static_cast<size_t>(n)) of_position_.resize(n);
-  }
-  Slot* slots() { return slots_.get(); }
-  size_t mask() const { return mask_; }
-  uint64_t generation() const { return generation_; }
-  Distinct* distinct() { return distinct_.data(); }        // (n)
-  uint32_t* of_position() { return of_position_.data(); }  // (n)
-
- private:
-  std::unique_ptr<Slot[]> slots_;
-  size_t capacity_ = 0;
-  size_t mask_ = 0;
-  uint64_t generation_ = 0;
-  std::vector<Distinct> distinct_;
-  std::vector<uint32_t> of_position_;
+  int64_t key;
+  int64_t set;
+  const float* row;  // its row in the cache (kCached), read optimistically
+  uint32_t seq;      // the set's sequence word, read before its tags
+  uint8_t tag;
+  uint8_t first_slab;
+  State state;
+  int64_t miss;  // its index in the misses' keys, or -1
 };
+using QueryDedup = PositionDedup<ProbedKey>;
 
 // This thread's scratch. Not inlined: the query's loop then holds a plain
 // pointer instead of resolving the thread-local's address at every use (a
 // function call in a shared library).
-__attribute__((noinline)) PositionDedup* ThisThreadDedup() {
-  thread_local PositionDedup dedup;
+__attribute__((noinline)) QueryDedup* ThisThreadDedup() {
+  thread_local QueryDedup dedup;
   return &dedup;
 }
 
@@ -284,14 +244,11 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
   // copies read optimistically (see SetLock): a copy checks that the set's
   // sequence word is still the one read before its tags, and a key whose
   // set changed is looked up again.
-  using Distinct = PositionDedup::Distinct;
+  using Distinct = ProbedKey;
   const int64_t n = end - begin;
   if (n <= 0) return;
   stream = stream && CanStream(values);
-  PositionDedup& dedup = *ThisThreadDedup();
-  dedup.Start(n);
-  Distinct* const distinct = dedup.distinct();
-  uint32_t* const of_position = dedup.of_position();
+  QueryDedup& dedup = *ThisThreadDedup();
   // The arrays as plain pointers: the loops' stores and atomic loads would
   // otherwise make the compiler reload them from *this at every position.
   const int64_t* const set_keys = keys_.get();
@@ -307,43 +264,13 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
     for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(bytes + b);
   };
 
-  // 1. De-duplicate, loading each key's slot of the table kAhead positions early.
-  int64_t u = 0;  // distinct keys
-  {
-    PositionDedup::Slot* const slots = dedup.slots();
-    const size_t mask = dedup.mask();
-    const uint64_t generation = dedup.generation();
-    constexpr uint64_t kAhead = 16;
-    constexpr uint64_t kRing = 2 * kAhead;  // a power of 2
-    uint64_t mixes[kRing];
-    auto hash = [&](uint64_t r) __attribute__((always_inline)) {
-      const uint64_t mix = MixKey(static_cast<uint64_t>(keys[begin + r]));
-      mixes[r & (kRing - 1)] = mix;
-      __builtin_prefetch(slots + (mix & mask));
-    };
-    for (uint64_t r = 0; r < std::min(count, kAhead); ++r) hash(r);
-    for (uint64_t r = 0; r < count; ++r) {
-      if (r + kAhead < count) hash(r + kAhead);
-      const int64_t key = keys[begin + r];
-      const uint64_t mix = mixes[r & (kRing - 1)];
-      for (size_t slot = mix & mask;; slot = (slot + 1) & mask) {
-        PositionDedup::Slot& s = slots[slot];
-        if ((s.tag >> 32) != generation) {  // a key met for the first time
-          const int64_t j = u++;
-          s = {key, (generation << 32) | static_cast<uint64_t>(j)};
-          const slab::Home home = slab::HomeOfMix(mix, num_sets_);
-          distinct[j] = {key,      home.set, nullptr, 0, TagOfMix(mix), static_cast<uint8_t>(home.first_slab),
-                         PositionDedup::kUnknown, -1};
-          of_position[r] = static_cast<uint32_t>(j) | PositionDedup::kFirst;
-          break;
-        }
-        if (s.key == key) {
-          of_position[r] = static_cast<uint32_t>(s.tag & 0xffffffffu);
-          break;
-        }
-      }
-    }
-  }
+  // 1. De-duplicate.
+  const int64_t u = dedup.Run(keys + begin, n, [&](Distinct& d, int64_t key, uint64_t mix) {
+    const slab::Home home = slab::HomeOfMix(mix, num_sets_);
+    d = {key, home.set, nullptr, 0, TagOfMix(mix), static_cast<uint8_t>(home.first_slab), ProbedKey::kUnknown, -1};
+  });
+  Distinct* const distinct = dedup.distinct();
+  uint32_t* const of_position = dedup.of_position();
 
   // 2. Probe each distinct key, in three stages kStage keys apart: start
   //    loading its set's word and tags; read them and start loading the
@@ -399,11 +326,11 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
         TouchRelaxed(set_stamps + base + way, stamp);
         d.row = rows + (base + way) * dim;
         d.seq = f.seq;
-        d.state = PositionDedup::kCached;
+        d.state = ProbedKey::kCached;
       } else {
         // A miss read while no writer held or changed the set is a miss.
         std::atomic_thread_fence(std::memory_order_acquire);
-        if (seqs[d.set].load(std::memory_order_relaxed) == f.seq) d.state = PositionDedup::kAbsent;
+        if (seqs[d.set].load(std::memory_order_relaxed) == f.seq) d.state = ProbedKey::kAbsent;
       }
     }
   }
@@ -414,23 +341,23 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
     constexpr uint64_t kAhead = 8;
     auto prefetch_first = [&](uint64_t r) __attribute__((always_inline)) {
       const uint32_t of = of_position[r];
-      if ((of & PositionDedup::kFirst) == 0) return;
-      const Distinct& d = distinct[of & ~PositionDedup::kFirst];
-      if (d.state == PositionDedup::kCached) prefetch_row(d.row);
+      if ((of & QueryDedup::kFirst) == 0) return;
+      const Distinct& d = distinct[of & ~QueryDedup::kFirst];
+      if (d.state == ProbedKey::kCached) prefetch_row(d.row);
     };
     for (uint64_t r = 0; r < std::min(count, kAhead); ++r) prefetch_first(r);
     for (uint64_t r = 0; r < count; ++r) {
       if (r + kAhead < count) prefetch_first(r + kAhead);
-      Distinct& d = distinct[of_position[r] & ~PositionDedup::kFirst];
+      Distinct& d = distinct[of_position[r] & ~QueryDedup::kFirst];
       const int64_t position = begin + static_cast<int64_t>(r);
       float* dest = values + position * dim;
-      if (d.state == PositionDedup::kCached) {
+      if (d.state == ProbedKey::kCached) {
         tf_hps::CopyRow(dest, d.row, dim, row_bytes, stream);
         std::atomic_thread_fence(std::memory_order_acquire);
         if (seqs[d.set].load(std::memory_order_relaxed) == d.seq) continue;
-        d.state = PositionDedup::kUnknown;  // a writer changed the set since the probe
+        d.state = ProbedKey::kUnknown;  // a writer changed the set since the probe
       }
-      if (d.state == PositionDedup::kUnknown) {
+      if (d.state == ProbedKey::kUnknown) {
         const slab::Home home{d.set, d.first_slab};
         uint32_t seq;
         const int way = FindOptimistic(d.key, home, stamp, &seq);
@@ -441,11 +368,11 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
           if (way >= 0 && seqs[d.set].load(std::memory_order_relaxed) == seq) {
             d.row = rows + (d.set * kWays + way) * dim;
             d.seq = seq;
-            d.state = PositionDedup::kCached;
+            d.state = ProbedKey::kCached;
           }
           continue;
         }
-        d.state = PositionDedup::kAbsent;
+        d.state = ProbedKey::kAbsent;
       }
       if (d.miss < 0) {  // the key's first missed position in this range
         d.miss = static_cast<int64_t>(misses->keys.size());

@@ -71,9 +71,8 @@ class DatabaseBackend {
   // that a single pipelined call already keeps busy.
   virtual int64_t MinRowsPerFetchShard() const { return 1024; }
 
-  // Rows in this process's memory: a key asked for twice costs a second
-  // probe, no more than de-duplicating the batch first would, so a lookup
-  // without L1 hands it the batch as it is, written into the output.
+  // Rows in this process's memory: a lookup without L1 hands it the batch as
+  // it is, to be written into the output (FetchRows).
   virtual bool InProcess() const { return false; }
 
   // Named figures, in bytes, of the memory this backend holds for `table`

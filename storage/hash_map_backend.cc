@@ -12,6 +12,7 @@
 #include "base/aligned_buffer.h"
 #include "base/error.h"
 #include "base/key_hash.h"
+#include "base/position_dedup.h"
 #include "base/row_copy.h"
 
 namespace tf_hps {
@@ -359,6 +360,25 @@ int64_t HashMapBackend::Fetch(const std::string& table, int64_t n, const int64_t
   return FetchRows(table, n, keys, values, dim, missing, /*stream=*/false);
 }
 
+namespace {
+
+// What FetchRows finds for a distinct key of a chunk.
+struct FetchedKey {
+  int64_t key;
+  uint64_t hash;  // MixKey(key)
+  HashMapBackend::Partition* part;
+  int64_t row;         // its row in the partition, or -1
+  const float* values;  // the row's values, while the chunk holds the read locks
+  uint32_t uses;       // positions of the chunk that asked for it
+};
+
+__attribute__((noinline)) PositionDedup<FetchedKey>* ThisThreadFetchDedup() {
+  thread_local PositionDedup<FetchedKey> dedup;
+  return &dedup;
+}
+
+}  // namespace
+
 int64_t HashMapBackend::FetchRows(const std::string& table, int64_t n, const int64_t* keys, float* values,
                                   int64_t dim, std::vector<int64_t>* missing, bool stream) {
   Table* t = n > 0 ? FindTable(table, dim, /*create=*/false) : nullptr;
@@ -374,51 +394,63 @@ int64_t HashMapBackend::FetchRows(const std::string& table, int64_t n, const int
   stream = stream && CanStreamRows(values, row_bytes);
   // The keys in their own order, in chunks, each under the read locks of
   // every partition (taken in partition order; writers hold one partition at
-  // a time, so this never deadlocks, and they wait at most one chunk). In a
-  // chunk each key goes through three stages kStage keys apart: hash it and
-  // start loading its home slot; read the slot and start loading the key and
-  // row it names; find the key and copy its row. So the memory loads of
-  // many keys are in flight while rows are copied, whatever partitions the
-  // keys belong to.
+  // a time, so this never deadlocks, and they wait at most one chunk). A
+  // chunk takes three passes, as an L1 query does: de-duplicate its
+  // positions; find each distinct key, three stages kStage keys apart (hash
+  // it and load its home slot; read the slot and load the key and row it
+  // names; compare the key); copy each position's row, loading the rows of
+  // keys met for the first time kStage positions early.
   constexpr int64_t kChunk = 4096;
   constexpr int64_t kStage = 8;
-  constexpr int64_t kRing = 4 * kStage;  // > 2 * kStage keys in flight; a power of 2
-  struct InFlight {
-    uint64_t hash;
-    const Partition* part;
-  };
-  InFlight ring[kRing];
-  auto locate = [&](int64_t i) {
-    InFlight& f = ring[i % kRing];
-    f.hash = MixKey(static_cast<uint64_t>(keys[i]));
-    f.part = t->partitions[PartitionIndex(f.hash, num_partitions)].get();
-    f.part->PrefetchSlot(f.hash);
-  };
-  auto probe = [&](int64_t i) {
-    const InFlight& f = ring[i % kRing];
-    f.part->PrefetchRow(f.hash);
+  PositionDedup<FetchedKey>& dedup = *ThisThreadFetchDedup();
+  auto prefetch_values = [row_bytes](const float* row) __attribute__((always_inline)) {
+    const char* bytes = reinterpret_cast<const char*>(row);
+    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(bytes + b);
   };
   int64_t hits = 0;
   for (int64_t begin = 0; begin < n; begin += kChunk) {
-    const int64_t end = std::min(n, begin + kChunk);
+    const int64_t m = std::min(n, begin + kChunk) - begin;
     for (const auto& part : t->partitions) part->mutex.lock_shared();
-    for (int64_t i = begin; i < std::min(end, begin + 2 * kStage); ++i) locate(i);
-    for (int64_t i = begin; i < std::min(end, begin + kStage); ++i) probe(i);
-    for (int64_t i = begin; i < end; ++i) {
-      if (i + 2 * kStage < end) locate(i + 2 * kStage);
-      if (i + kStage < end) probe(i + kStage);
-      const InFlight& f = ring[i % kRing];
-      Partition& part = const_cast<Partition&>(*f.part);
-      const int64_t row = part.Find(keys[i], f.hash);
-      if (row < 0) {
-        missing->push_back(i);
+    const int64_t u = dedup.Run(keys + begin, m, [&](FetchedKey& d, int64_t key, uint64_t hash) {
+      d = {key, hash, t->partitions[PartitionIndex(hash, num_partitions)].get(), -1, nullptr, 0};
+    });
+    FetchedKey* const distinct = dedup.distinct();
+    const uint32_t* const of_position = dedup.of_position();
+    for (int64_t j = 0; j < std::min(u, 2 * kStage); ++j) distinct[j].part->PrefetchSlot(distinct[j].hash);
+    for (int64_t j = 0; j < std::min(u, kStage); ++j) distinct[j].part->PrefetchRow(distinct[j].hash);
+    for (int64_t j = 0; j < u; ++j) {
+      if (j + 2 * kStage < u) distinct[j + 2 * kStage].part->PrefetchSlot(distinct[j + 2 * kStage].hash);
+      if (j + kStage < u) distinct[j + kStage].part->PrefetchRow(distinct[j + kStage].hash);
+      FetchedKey& d = distinct[j];
+      d.row = d.part->Find(d.key, d.hash);
+      if (d.row >= 0) d.values = d.part->Values(d.row);
+    }
+    auto prefetch_first = [&](int64_t r) __attribute__((always_inline)) {
+      const uint32_t of = of_position[r];
+      if ((of & PositionDedup<FetchedKey>::kFirst) == 0) return;
+      const FetchedKey& d = distinct[of & ~PositionDedup<FetchedKey>::kFirst];
+      if (d.values != nullptr) prefetch_values(d.values);
+    };
+    for (int64_t r = 0; r < std::min(m, kStage); ++r) prefetch_first(r);
+    for (int64_t r = 0; r < m; ++r) {
+      if (r + kStage < m) prefetch_first(r + kStage);
+      FetchedKey& d = distinct[of_position[r] & ~PositionDedup<FetchedKey>::kFirst];
+      if (d.values == nullptr) {
+        missing->push_back(begin + r);
         continue;
       }
-      CopyRow(values + i * dim, part.Values(row), dim, row_bytes, stream);
-      // Metadata writes race only with each other under the shared lock.
-      if (count_uses) __atomic_fetch_add(part.Meta(row), 1u, __ATOMIC_RELAXED);
-      if (stamp_uses) __atomic_store_n(part.Meta(row), now, __ATOMIC_RELAXED);
+      CopyRow(values + (begin + r) * dim, d.values, dim, row_bytes, stream);
+      ++d.uses;
       ++hits;
+    }
+    // Metadata writes race only with each other under the shared lock.
+    if (count_uses || stamp_uses) {
+      for (int64_t j = 0; j < u; ++j) {
+        const FetchedKey& d = distinct[j];
+        if (d.row < 0) continue;
+        if (count_uses) __atomic_fetch_add(d.part->Meta(d.row), d.uses, __ATOMIC_RELAXED);
+        if (stamp_uses) __atomic_store_n(d.part->Meta(d.row), now, __ATOMIC_RELAXED);
+      }
     }
     for (const auto& part : t->partitions) part->mutex.unlock_shared();
   }
