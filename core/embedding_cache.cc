@@ -137,6 +137,17 @@ inline int EmbeddingCache::WayOfCandidate(int first_slab, int bit) {
   return ((bit >> 5) ^ first_slab) * slab::kLanes + (bit & (slab::kLanes - 1));
 }
 
+// The candidate way (CandidateWays) that holds `key`, the first in probe
+// order, or -1; set_keys: the set's kWays keys.
+inline int EmbeddingCache::FindCandidate(const int64_t* set_keys, int first_slab, uint64_t candidates,
+                                         int64_t key) {
+  for (; candidates != 0; candidates &= candidates - 1) {
+    const int way = WayOfCandidate(first_slab, __builtin_ctzll(candidates));
+    if (set_keys[way] == key) return way;
+  }
+  return -1;
+}
+
 // Row copies: base/row_copy.h.
 inline bool EmbeddingCache::CanStream(const float* values) const { return CanStreamRows(values, row_bytes_); }
 
@@ -153,8 +164,7 @@ inline int EmbeddingCache::FindOptimistic(int64_t key, slab::Home home, uint64_t
   const int way = slab::FindWay(lanes, keys_.get() + base, stamps_.get() + base, home.first_slab, key);
   if (way >= 0) {
     TouchRelaxed(&stamps_[base + way], stamp);
-    const char* row = reinterpret_cast<const char*>(values_.get() + (base + way) * dim_);
-    for (size_t b = 0; b < row_bytes_; b += 64) __builtin_prefetch(row + b);
+    tf_hps::PrefetchRow(values_.get() + (base + way) * dim_, row_bytes_);
   }
   return way;
 }
@@ -259,10 +269,6 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
   const int64_t dim = dim_;
   const size_t row_bytes = row_bytes_;
   const uint64_t count = static_cast<uint64_t>(n);
-  auto prefetch_row = [row_bytes](const float* row) __attribute__((always_inline)) {
-    const char* bytes = reinterpret_cast<const char*>(row);
-    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(bytes + b);
-  };
 
   // 1. De-duplicate.
   const int64_t u = dedup.Run(keys + begin, n, [&](Distinct& d, int64_t key, uint64_t mix) {
@@ -280,7 +286,6 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
     constexpr int64_t kRing = 4 * kStage;  // > 2 * kStage keys in flight; a power of 2
     struct InFlight {
       uint64_t candidates;  // ways whose tag is the key's, in probe order (CandidateWays)
-      int way;              // the first of them, or -1
       uint32_t seq;
     };
     InFlight ring[kRing];
@@ -293,13 +298,11 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
       InFlight& f = ring[j & (kRing - 1)];
       f.seq = seqs[d.set].load(std::memory_order_acquire);
       f.candidates = CandidateWays(set_tags + d.set * kWays, d.first_slab, d.tag);
-      f.way = -1;
       if (f.candidates == 0) return;
-      f.way = WayOfCandidate(d.first_slab, __builtin_ctzll(f.candidates));
-      const int64_t slot = d.set * kWays + f.way;
+      const int64_t slot = d.set * kWays + WayOfCandidate(d.first_slab, __builtin_ctzll(f.candidates));
       __builtin_prefetch(set_keys + slot);
       __builtin_prefetch(set_stamps + slot, 1);
-      prefetch_row(rows + slot * dim);
+      tf_hps::PrefetchRow(rows + slot * dim, row_bytes);
     };
     for (int64_t j = 0; j < std::min(u, 2 * kStage); ++j) locate(j);
     for (int64_t j = 0; j < std::min(u, kStage); ++j) filter(j);
@@ -310,17 +313,7 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
       const InFlight& f = ring[j & (kRing - 1)];
       if ((f.seq & 1) != 0) continue;  // a writer holds the set: kUnknown
       const int64_t base = d.set * kWays;
-      int way = f.way;
-      if (way >= 0 && set_keys[base + way] != d.key) {
-        way = -1;
-        for (uint64_t c = f.candidates & (f.candidates - 1); c != 0; c &= c - 1) {
-          const int w = WayOfCandidate(d.first_slab, __builtin_ctzll(c));
-          if (set_keys[base + w] == d.key) {
-            way = w;
-            break;
-          }
-        }
-      }
+      const int way = FindCandidate(set_keys + base, d.first_slab, f.candidates, d.key);
       if (way >= 0) {
         // The copies check the word after reading the row.
         TouchRelaxed(set_stamps + base + way, stamp);
@@ -343,7 +336,7 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
       const uint32_t of = of_position[r];
       if ((of & QueryDedup::kFirst) == 0) return;
       const Distinct& d = distinct[of & ~QueryDedup::kFirst];
-      if (d.state == ProbedKey::kCached) prefetch_row(d.row);
+      if (d.state == ProbedKey::kCached) tf_hps::PrefetchRow(d.row, row_bytes);
     };
     for (uint64_t r = 0; r < std::min(count, kAhead); ++r) prefetch_first(r);
     for (uint64_t r = 0; r < count; ++r) {
@@ -393,16 +386,12 @@ void EmbeddingCache::QueryPositions(const int64_t* keys, int64_t begin, int64_t 
 inline int EmbeddingCache::ChooseWayTagged(int64_t base, slab::Home home, uint8_t tag, int64_t key,
                                            bool* cached) const {
   const uint8_t* set_tags = tags_.get() + base;
-  *cached = false;
+  const uint64_t candidates = CandidateWays(set_tags, home.first_slab, tag);
+  const int way = FindCandidate(keys_.get() + base, home.first_slab, candidates, key);
+  *cached = way >= 0;
+  if (*cached) return way;
   for (int step = 0; step < slab::kSlabsPerSet; ++step) {
     const int slab_base = (home.first_slab ^ step) * slab::kLanes;
-    for (uint32_t match = TagMask(set_tags + slab_base, tag); match != 0; match &= match - 1) {
-      const int way = slab_base + __builtin_ctz(match);
-      if (keys_[base + way] == key) {
-        *cached = true;
-        return way;
-      }
-    }
     const uint32_t empty = TagMask(set_tags + slab_base, 0);
     if (empty != 0) return slab_base + __builtin_ctz(empty);
   }
@@ -436,11 +425,11 @@ int64_t EmbeddingCache::Replace(const int64_t* keys, int64_t n, const float* val
     const Ahead& a = ring[i & (kRing - 1)];
     const int64_t base = a.home.set * kWays;
     const uint8_t* set_tags = tags_.get() + base;
-    const int first = a.home.first_slab * slab::kLanes;
-    const uint32_t match = TagMask(set_tags + first, a.tag);
-    if (match != 0) {
-      __builtin_prefetch(keys_.get() + base + first + __builtin_ctz(match));
-    } else if (TagMask(set_tags + first, 0) == 0 && TagMask(set_tags + (first ^ slab::kLanes), 0) == 0) {
+    const uint64_t candidates = CandidateWays(set_tags, a.home.first_slab, a.tag);
+    if (candidates != 0) {
+      __builtin_prefetch(keys_.get() + base + WayOfCandidate(a.home.first_slab, __builtin_ctzll(candidates)));
+    } else if (TagMask(set_tags, 0) == 0 && TagMask(set_tags + slab::kLanes, 0) == 0) {
+      // A full set: the insert evicts, reading every stamp.
       for (int way = 0; way < kWays; way += 64 / sizeof(uint64_t)) __builtin_prefetch(stamps_.get() + base + way, 1);
     }
   };

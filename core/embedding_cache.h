@@ -132,6 +132,7 @@ class EmbeddingCache {
   // Replace's slab::ChooseWay, through the tags.
   int ChooseWayTagged(int64_t base, slab::Home home, uint8_t tag, int64_t key, bool* cached) const;
   static int WayOfCandidate(int first_slab, int bit);
+  static int FindCandidate(const int64_t* set_keys, int first_slab, uint64_t candidates, int64_t key);
   // Row copies of QueryPositions: whether rows into `values` can be streamed
   // (16-byte aligned rows), one row, and the fence after streamed rows.
   bool CanStream(const float* values) const;

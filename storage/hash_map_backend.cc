@@ -135,8 +135,7 @@ class HashMapBackend::Partition {
     if (row == kEmptySlot) return;
     const Page& page = PageOf(row);
     __builtin_prefetch(&page.keys[(row & page_mask_)]);
-    const char* values = reinterpret_cast<const char*>(page.values.get() + (row & page_mask_) * dim_);
-    for (int64_t b = 0; b < dim_ * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(values + b);
+    tf_hps::PrefetchRow(page.values.get() + (row & page_mask_) * dim_, dim_ * sizeof(float));
   }
 
   const float* Values(int64_t row) const { return PageOf(row).values.get() + (row & page_mask_) * dim_; }
@@ -403,10 +402,6 @@ int64_t HashMapBackend::FetchRows(const std::string& table, int64_t n, const int
   constexpr int64_t kChunk = 4096;
   constexpr int64_t kStage = 8;
   PositionDedup<FetchedKey>& dedup = *ThisThreadFetchDedup();
-  auto prefetch_values = [row_bytes](const float* row) __attribute__((always_inline)) {
-    const char* bytes = reinterpret_cast<const char*>(row);
-    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(bytes + b);
-  };
   int64_t hits = 0;
   for (int64_t begin = 0; begin < n; begin += kChunk) {
     const int64_t m = std::min(n, begin + kChunk) - begin;
@@ -429,7 +424,7 @@ int64_t HashMapBackend::FetchRows(const std::string& table, int64_t n, const int
       const uint32_t of = of_position[r];
       if ((of & PositionDedup<FetchedKey>::kFirst) == 0) return;
       const FetchedKey& d = distinct[of & ~PositionDedup<FetchedKey>::kFirst];
-      if (d.values != nullptr) prefetch_values(d.values);
+      if (d.values != nullptr) PrefetchRow(d.values, row_bytes);
     };
     for (int64_t r = 0; r < std::min(m, kStage); ++r) prefetch_first(r);
     for (int64_t r = 0; r < m; ++r) {
