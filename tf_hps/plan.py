@@ -47,8 +47,8 @@ MEMORY_PAGE = 4 * KIB
 # storage/rocksdb_backend.cc: one LRU block cache per database, bloom filter bits per key.
 ROCKSDB_BLOCK_CACHE = 128 * MIB
 ROCKSDB_BLOOM_BITS_PER_KEY = 10
-# RocksDB defaults the backend keeps: data block size and memtable size per column family.
-ROCKSDB_BLOCK_SIZE = 4 * KIB
+# The backend's data block size, and the memtable size per column family (RocksDB's default).
+ROCKSDB_BLOCK_SIZE = 16 * KIB
 ROCKSDB_WRITE_BUFFER = 64 * MIB
 # Per row on disk, beyond the 8-byte key and the 4*dim value bytes: the internal key's sequence number
 # and type (8), varint lengths (3-4), data-block hash index (~1.3), bloom filter (1.25), index blocks.
