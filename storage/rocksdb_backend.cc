@@ -74,6 +74,11 @@ rocksdb::Slice KeySlice(const int64_t* key) {
   return rocksdb::Slice(reinterpret_cast<const char*>(key), kKeyBytes);
 }
 
+// Where a key sorts in a column family: RocksDB's default comparator compares
+// the 8 little-endian bytes as a string, as it compares the byte-swapped key
+// as an unsigned integer.
+uint64_t ByteOrder(int64_t key) { return __builtin_bswap64(static_cast<uint64_t>(key)); }
+
 std::unique_ptr<rocksdb::ColumnFamilyOptions> PointLookupOptions() {
   rocksdb::BlockBasedTableOptions table;
   table.format_version = kTableFormatVersion;
@@ -324,14 +329,24 @@ int64_t RocksDbBackend::FetchDistinct(const std::string& table, int64_t n, const
   std::vector<rocksdb::Slice> key_slices(batch_size);
   std::vector<rocksdb::PinnableSlice> found_values(batch_size);
   std::vector<rocksdb::Status> statuses(batch_size);
+  // A batch's keys in the column family's order (ByteOrder, then position):
+  // MultiGet then skips its own sort, which compares through the comparator
+  // (2,000 distinct keys: 15 % less a key). RocksDB trusts sorted_input, so
+  // the order must be the comparator's: every column family here has the
+  // default one (RocksDB refuses to open a database written with another).
+  std::vector<std::pair<uint64_t, int64_t>> order(batch_size);
   const rocksdb::ReadOptions read_options;
   int64_t found = 0;
   for (int64_t begin = 0; begin < n; begin += max_batch_size_) {
     const size_t count = static_cast<size_t>(std::min(n, begin + max_batch_size_) - begin);
-    for (size_t j = 0; j < count; ++j) key_slices[j] = KeySlice(keys + begin + j);
-    db_->MultiGet(read_options, cf.get(), count, key_slices.data(), found_values.data(), statuses.data());
+    for (size_t j = 0; j < count; ++j) order[j] = {ByteOrder(keys[begin + j]), begin + static_cast<int64_t>(j)};
+    std::sort(order.begin(), order.begin() + count);
+    for (size_t j = 0; j < count; ++j) key_slices[j] = KeySlice(keys + order[j].second);
+    db_->MultiGet(read_options, cf.get(), count, key_slices.data(), found_values.data(), statuses.data(),
+                  /*sorted_input=*/true);
+    const size_t missing_before = missing->size();
     for (size_t j = 0; j < count; ++j) {
-      const int64_t i = begin + static_cast<int64_t>(j);
+      const int64_t i = order[j].second;
       if (statuses[j].ok()) {
         const rocksdb::PinnableSlice& value = found_values[j];
         if (value.size() != row_bytes)
@@ -348,6 +363,7 @@ int64_t RocksDbBackend::FetchDistinct(const std::string& table, int64_t n, const
       }
       found_values[j].Reset();  // unpin the block
     }
+    std::sort(missing->begin() + static_cast<std::ptrdiff_t>(missing_before), missing->end());  // in order
   }
   return found;
 }
