@@ -99,7 +99,7 @@ def test_rocksdb_memory_is_reported(tables):
     s = hps.stats()[table_tag("rocksmem", "sparse_embedding0")]
     # Flushed: the memtable holds none of the 20,000 rows of 72 bytes (an empty one is a few KiB).
     assert s["pdb_memtable_bytes"] < 20_000 * 72 // 20, s
-    # 20,000 keys at 10 bloom bits each, and an index entry per 4 KiB data block of the 1.4 MB file.
+    # 20,000 keys at 10 bloom bits each, and an index entry per 16 KiB data block of the 1.4 MB file.
     assert s["pdb_index_filter_bytes"] >= 20_000 * 10 // 8, s
     assert s["pdb_block_cache_bytes"] > 0, s  # the lookup read a data block
     assert glob.glob(rocks + "/*.sst"), "no table file after the load"
