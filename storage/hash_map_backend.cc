@@ -371,6 +371,24 @@ struct FetchedKey {
   uint32_t uses;       // positions of the chunk that asked for it
 };
 
+// Every partition's read lock, taken in partition order, for one chunk of a
+// fetch; released however the chunk ends (missing->push_back may throw).
+class ReadLocks {
+ public:
+  explicit ReadLocks(const std::vector<std::unique_ptr<HashMapBackend::Partition>>& partitions)
+      : partitions_(partitions) {
+    for (const auto& part : partitions_) part->mutex.lock_shared();
+  }
+  ~ReadLocks() {
+    for (const auto& part : partitions_) part->mutex.unlock_shared();
+  }
+  ReadLocks(const ReadLocks&) = delete;
+  ReadLocks& operator=(const ReadLocks&) = delete;
+
+ private:
+  const std::vector<std::unique_ptr<HashMapBackend::Partition>>& partitions_;
+};
+
 __attribute__((noinline)) PositionDedup<FetchedKey>* ThisThreadFetchDedup() {
   thread_local PositionDedup<FetchedKey> dedup;
   return &dedup;
@@ -391,24 +409,24 @@ int64_t HashMapBackend::FetchRows(const std::string& table, int64_t n, const int
   const uint32_t now = stamp_uses ? NowSeconds() : 0;
   const size_t row_bytes = dim * sizeof(float);
   stream = stream && CanStreamRows(values, row_bytes);
-  // The keys in their own order, in chunks, each under the read locks of
-  // every partition (taken in partition order; writers hold one partition at
-  // a time, so this never deadlocks, and they wait at most one chunk). A
-  // chunk takes three passes, as an L1 query does: de-duplicate its
-  // positions; find each distinct key, three stages kStage keys apart (hash
-  // it and load its home slot; read the slot and load the key and row it
-  // names; compare the key); copy each position's row, loading the rows of
-  // keys met for the first time kStage positions early.
+  // The keys in their own order, in chunks. A chunk takes three passes, as
+  // an L1 query does: de-duplicate its positions; then, under the read locks
+  // of every partition (taken in partition order; writers hold one partition
+  // at a time, so this never deadlocks, and they wait at most one chunk),
+  // find each distinct key, three stages kStage keys apart (hash it and load
+  // its home slot; read the slot and load the key and row it names; compare
+  // the key), and copy each position's row, loading the rows of keys met for
+  // the first time kStage positions early.
   constexpr int64_t kChunk = 4096;
   constexpr int64_t kStage = 8;
   PositionDedup<FetchedKey>& dedup = *ThisThreadFetchDedup();
   int64_t hits = 0;
   for (int64_t begin = 0; begin < n; begin += kChunk) {
     const int64_t m = std::min(n, begin + kChunk) - begin;
-    for (const auto& part : t->partitions) part->mutex.lock_shared();
     const int64_t u = dedup.Run(keys + begin, m, [&](FetchedKey& d, int64_t key, uint64_t hash) {
       d = {key, hash, t->partitions[PartitionIndex(hash, num_partitions)].get(), -1, nullptr, 0};
     });
+    const ReadLocks locks(t->partitions);
     FetchedKey* const distinct = dedup.distinct();
     const uint32_t* const of_position = dedup.of_position();
     for (int64_t j = 0; j < std::min(u, 2 * kStage); ++j) distinct[j].part->PrefetchSlot(distinct[j].hash);
@@ -447,7 +465,6 @@ int64_t HashMapBackend::FetchRows(const std::string& table, int64_t n, const int
         if (stamp_uses) __atomic_store_n(d.part->Meta(d.row), now, __ATOMIC_RELAXED);
       }
     }
-    for (const auto& part : t->partitions) part->mutex.unlock_shared();
   }
   if (stream) StreamFence();
   return hits;
